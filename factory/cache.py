@@ -1,0 +1,62 @@
+"""Content-addressed cache of model calls, keyed by model, messages and sampling parameters.
+
+It is the runner's per-batch checkpoint: every finished batch is committed here, so a run killed at
+any moment and started again pays only for the calls it had not finished. The key does not mention the
+run or pipeline, so the cache is reused across runs and pipelines. SQLite (WAL) because several
+processes may share it and a commit must survive ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from factory.backends.base import ChatRequest, Completion
+from factory.records import canonical_json
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL, text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL)
+"""
+
+
+class CallCache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._con = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(_DDL)
+
+    def get_many(self, model_id: str, requests: Sequence[ChatRequest]) -> dict[str, Completion]:
+        keys = [r.cache_key(model_id) for r in requests]
+        found: dict[str, Completion] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._con.execute(
+                f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM calls "
+                f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            for key, text, finish, pt, ct in rows:
+                found[key] = Completion(text, finish, pt, ct, cached=True)
+        return found
+
+    def put_many(self, model_id: str, items: Iterable[tuple[ChatRequest, Completion]]) -> None:
+        """Store a finished batch in one transaction (errors are not cached: they are retried)."""
+        rows = [(req.cache_key(model_id), model_id,
+                 canonical_json({"messages": req.messages, "params": req.params.model_dump()}),
+                 c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, time.time())
+                for req, c in items if c.finish_reason != "error"]
+        with self._con:
+            self._con.execute("BEGIN")
+            self._con.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def __len__(self) -> int:
+        return self._con.execute("SELECT count(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        self._con.close()

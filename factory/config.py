@@ -1,0 +1,96 @@
+"""The pipeline file: one YAML document, validated with pydantic before any model loads."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from factory.backends import registered_backends
+from factory.backends.base import BackendConfig
+from factory.records import canonical_json
+from factory.stage import StageConfig, registered
+
+
+class ConfigError(ValueError):
+    """A pipeline file that cannot be used; the message names the file, field path and expectation."""
+
+
+class PipelineBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    warehouse: Path = Path("warehouse")
+    seed: int = 0
+    round: int = Field(0, ge=0)
+    backend: BackendConfig | None = None
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> PipelineBase:
+        names = [s.stage_name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)} (set `name:`)")
+        if self.backend is None and any(s.uses_backend for s in self.stages):
+            needing = [s.stage_name for s in self.stages if s.uses_backend]
+            raise ValueError(f"stages {needing} need an LLM: add a `backend:` section")
+        return self
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
+
+
+def _union(configs: list[type[BaseModel]]) -> Any:
+    return Annotated[Union[tuple(configs)], Field(discriminator="kind")]  # noqa: UP007
+
+
+def pipeline_model() -> type[PipelineBase]:
+    """The pipeline model with every registered stage and backend in its discriminated unions."""
+    stage_union = _union([s.config for s in registered().values()])
+    backend_union = _union([b.config for b in registered_backends().values()])
+    return create_model("PipelineConfig", __base__=PipelineBase,
+                        backend=(backend_union | None, None),
+                        stages=(list[stage_union], Field(min_length=1)))
+
+
+def format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the pipeline file:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  - {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_pipeline(data: Any, source: str = "<pipeline>") -> PipelineBase:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with `name`, `backend` and `stages`, got "
+                          f"{type(data).__name__}")
+    try:
+        return pipeline_model().model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, source)) from None
+
+
+def load_pipeline(path: str | Path) -> PipelineBase:
+    """Read and validate a pipeline YAML file; relative paths in it are kept relative to the CWD."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_pipeline(data, str(path))

@@ -1,0 +1,122 @@
+"""What a stage sees: its run, its inputs, a cached and batched LLM, progress bars and counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from factory.backends.base import Backend, ChatRequest, Completion
+from factory.cache import CallCache
+from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generate_seconds: float = 0.0
+
+
+@dataclass
+class StageContext:
+    run_id: str
+    stage_name: str
+    position: int
+    round: int
+    seed: int
+    warehouse: Warehouse
+    earlier_stages: list[str]
+    backend_loader: Callable[[], Backend] | None = None
+    cache: CallCache | None = None
+    show_progress: bool = True
+    usage: Usage = field(default_factory=Usage)
+    _backend: Backend | None = None
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def inputs(self, table: str) -> pl.DataFrame:
+        """All ``table`` records made by earlier stages of this run, less those a stage rejected."""
+        df = self.warehouse.read(table, run_id=self.run_id, stages=self.earlier_stages)
+        id_col = ID_COLUMNS.get(table)
+        if id_col is None or df.is_empty():
+            return df
+        rejects = self.warehouse.read("rejects", run_id=self.run_id, stages=self.earlier_stages)
+        dropped = rejects.filter(pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])["record_id"]
+        return df.filter(~pl.col(id_col).is_in(dropped.drop_nulls().implode()))
+
+    def history(self, table: str) -> pl.DataFrame:
+        """``table`` records of every *other* run in the warehouse (for dedup against history)."""
+        df = self.warehouse.read(table)
+        return df.filter(pl.col("run_id") != self.run_id) if "run_id" in df.columns else df
+
+    # -- the model ---------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            if self.backend_loader is None:
+                raise RuntimeError(f"stage {self.stage_name!r} needs an LLM backend but none is configured")
+            self._backend = self.backend_loader()
+        return self._backend
+
+    def generate(self, requests: Sequence[ChatRequest], description: str = "generating") -> list[Completion]:
+        """Answer every request, cheapest first: cached calls are free, the rest go to the backend in
+        length-sorted batches, and each finished batch is committed to the cache (the checkpoint)."""
+        import time
+
+        results: list[Completion | None] = [None] * len(requests)
+        model_id = self.backend.model_id
+        hits = self.cache.get_many(model_id, requests) if self.cache else {}
+        todo: list[int] = []
+        for i, req in enumerate(requests):
+            hit = hits.get(req.cache_key(model_id))
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(i)
+        self.usage.cached_calls += len(requests) - len(todo)
+        todo.sort(key=lambda i: requests[i].approx_length)  # neighbours in a batch pad little
+        size = max(1, self.backend.batch_size)
+        with self.progress(description, total=len(requests)) as advance:
+            advance(len(requests) - len(todo))
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                began = time.perf_counter()
+                outs = self.backend.generate([requests[i] for i in chunk])
+                self.usage.generate_seconds += time.perf_counter() - began
+                for i, out in zip(chunk, outs, strict=True):
+                    results[i] = out
+                    self.usage.calls += 1
+                    self.usage.prompt_tokens += out.prompt_tokens
+                    self.usage.completion_tokens += out.completion_tokens
+                if self.cache:
+                    self.cache.put_many(model_id, [(requests[i], results[i]) for i in chunk])
+                advance(len(chunk))
+        return [r for r in results if r is not None]
+
+    # -- progress ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A rich progress bar (silent when progress is off); yields ``advance(n)``."""
+        if not self.show_progress or total == 0:
+            yield lambda n=1: None
+            return
+        with Progress(TextColumn(f"[bold]{self.stage_name}[/] {description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+    def log(self, message: str, **_: Any) -> None:
+        if self.show_progress:
+            console.print(f"[dim]{self.stage_name}:[/] {message}")

@@ -1,0 +1,274 @@
+"""The warehouse: Parquet files under run folders, registered in a DuckDB catalog.
+
+Layout::
+
+    <root>/catalog.duckdb                      runs, stages, files (+ views over every record table)
+    <root>/runs/<run_id>/<stage>/<table>.parquet
+    <root>/cache/calls.sqlite                  content-addressed model-call cache (factory.cache)
+
+A file is written under a temporary name and renamed into place, then registered in one catalog
+transaction together with its stage's completion row, so a half-written file is never registered and
+a stage is either done (all its files registered) or not done at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from factory.records import conform, polars_schema
+
+#: record tables and the schema kind of their rows; other tables (features, scores…) are free-form
+RECORD_TABLES: dict[str, str] = {
+    "tasks": "task",
+    "samples": "sample",
+    "judgments": "judgment",
+    "pairs": "pair",
+    "rejects": "reject",
+}
+#: the id column of each record kind, used to drop rejected records from later stages' inputs
+ID_COLUMNS: dict[str, str] = {"tasks": "task_id", "samples": "sample_id", "judgments": "judgment_id",
+                              "pairs": "pair_id"}
+RECORD_KIND_OF_TABLE: dict[str, str] = {"tasks": "task", "samples": "sample", "judgments": "judgment",
+                                        "pairs": "pair"}
+
+_CATALOG_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, pipeline VARCHAR, config_hash VARCHAR, config JSON,
+    status VARCHAR, round INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, error VARCHAR);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR, stage VARCHAR, kind VARCHAR, position INTEGER, status VARCHAR,
+    records_in BIGINT, records_out BIGINT, records_rejected BIGINT,
+    calls BIGINT, cached_calls BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT,
+    seconds DOUBLE, metrics JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, stage));
+CREATE TABLE IF NOT EXISTS files (
+    run_id VARCHAR, stage VARCHAR, table_name VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT,
+    sha256 VARCHAR, created_at TIMESTAMP, PRIMARY KEY (run_id, stage, table_name));
+"""
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` so that readers see either the old file, the new one, or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.write_parquet(tmp, compression="zstd", statistics=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class StageStats:
+    kind: str
+    position: int
+    records_in: int
+    records_out: int
+    records_rejected: int
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    metrics: str = "{}"
+    started_at: datetime | None = None
+
+
+class CatalogBusy(RuntimeError):
+    pass
+
+
+class Warehouse:
+    """A folder of Parquet files and the DuckDB catalog that indexes them."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+        self.catalog_path = self.root / "catalog.duckdb"
+
+    # -- connections -------------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived catalog connection; waits while another process holds the write lock."""
+        if read_only and not self.catalog_path.exists():
+            self.init()
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:  # lock held by another process
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise CatalogBusy(f"catalog {self.catalog_path} is busy: {exc}") from exc
+                time.sleep(0.1)
+        try:
+            if not read_only:
+                con.execute(_CATALOG_DDL)
+            yield con
+        finally:
+            con.close()
+
+    def init(self) -> None:
+        with self.connect():
+            pass
+
+    # -- runs and stages ---------------------------------------------------------------------------
+
+    def begin_run(self, run_id: str, pipeline: str, config_json: str, config_hash: str, round_: int) -> None:
+        with self.connect() as con:
+            row = con.execute("SELECT config_hash FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row and row[0] != config_hash:
+                raise ValueError(
+                    f"run {run_id!r} already exists with a different configuration (hash {row[0][:12]} vs "
+                    f"{config_hash[:12]}); choose another --run-id or remove the old run")
+            if row:
+                con.execute("UPDATE runs SET status='running', finished_at=NULL, error=NULL WHERE run_id=?",
+                            [run_id])
+            else:
+                con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, NULL, NULL)",
+                            [run_id, pipeline, config_hash, config_json, round_, now()])
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE runs SET status=?, finished_at=?, error=? WHERE run_id=?",
+                        [status, now(), error, run_id])
+
+    def done_stages(self, run_id: str) -> set[str]:
+        with self.connect() as con:
+            rows = con.execute("SELECT stage FROM stages WHERE run_id=? AND status='done'", [run_id]).fetchall()
+        return {r[0] for r in rows}
+
+    def commit_stage(self, run_id: str, stage: str, tables: Mapping[str, pl.DataFrame],
+                     stats: StageStats) -> dict[str, Path]:
+        """Write a stage's tables atomically, then register them and mark the stage done in one transaction."""
+        written: dict[str, tuple[Path, int, int, str]] = {}
+        for table, df in tables.items():
+            if table in RECORD_TABLES:
+                df = conform(RECORD_TABLES[table], df)
+            path = self.root / "runs" / run_id / stage / f"{table}.parquet"
+            atomic_write_parquet(df, path)
+            written[table] = (path, df.height, path.stat().st_size, sha256_file(path))
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM files WHERE run_id=? AND stage=?", [run_id, stage])
+            for table, (path, rows, size, digest) in written.items():
+                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [run_id, stage, table, str(path.relative_to(self.root)), rows, size, digest, now()])
+            con.execute("DELETE FROM stages WHERE run_id=? AND stage=?", [run_id, stage])
+            con.execute(
+                "INSERT INTO stages VALUES (?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, stage, stats.kind, stats.position, stats.records_in, stats.records_out,
+                 stats.records_rejected, stats.calls, stats.cached_calls, stats.prompt_tokens,
+                 stats.completion_tokens, stats.seconds, stats.metrics, stats.started_at or now(), now()])
+            self._refresh_views(con)
+            con.execute("COMMIT")
+        return {t: w[0] for t, w in written.items()}
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def files(self, table: str | None = None, run_id: str | None = None,
+              stages: list[str] | None = None) -> list[Path]:
+        """Registered files, oldest first, optionally for one table / run / set of stages."""
+        if not self.catalog_path.exists():
+            return []
+        sql = "SELECT f.path FROM files f LEFT JOIN stages s USING (run_id, stage) WHERE true"
+        args: list[Any] = []
+        if table is not None:
+            sql += " AND f.table_name = ?"
+            args.append(table)
+        if run_id is not None:
+            sql += " AND f.run_id = ?"
+            args.append(run_id)
+        if stages is not None:
+            sql += f" AND f.stage IN ({','.join('?' * len(stages))})" if stages else " AND false"
+            args.extend(stages)
+        sql += " ORDER BY f.created_at, s.position"
+        with self.connect(read_only=True) as con:
+            return [self.root / r[0] for r in con.execute(sql, args).fetchall()]
+
+    def read(self, table: str, run_id: str | None = None, stages: list[str] | None = None) -> pl.DataFrame:
+        """All registered rows of ``table`` (across runs unless ``run_id`` is given) as one frame."""
+        paths = self.files(table, run_id, stages)
+        if not paths:
+            kind = RECORD_TABLES.get(table)
+            return pl.DataFrame(schema=polars_schema(kind)) if kind else pl.DataFrame()
+        frames = [pl.read_parquet(p) for p in paths]
+        return pl.concat(frames, how="diagonal_relaxed")
+
+    def table_names(self) -> list[str]:
+        if not self.catalog_path.exists():
+            return list(RECORD_TABLES)
+        with self.connect(read_only=True) as con:
+            found = [r[0] for r in con.execute("SELECT DISTINCT table_name FROM files").fetchall()]
+        return sorted(set(RECORD_TABLES) | set(found))
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """Run read-only SQL over every table and record in the warehouse; returns a polars frame."""
+        from factory.sql import query
+
+        return query(self, sql, params)
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def _refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Persisted views, for people who open catalog.duckdb with the plain duckdb CLI."""
+        tables = {r[0]: [] for r in con.execute("SELECT DISTINCT table_name FROM files").fetchall()}
+        for table, path in con.execute("SELECT table_name, path FROM files ORDER BY created_at").fetchall():
+            tables[table].append(str(self.root / path))
+        for table in set(RECORD_TABLES) | set(tables):
+            con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {select_files(table, tables.get(table, []))}')
+        for table, id_col in ID_COLUMNS.items():
+            con.execute(f'CREATE OR REPLACE VIEW "{table}_kept" AS {kept_sql(table, id_col)}')
+
+
+def _duck_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return f"{_duck_type(dtype.inner)}[]"
+    return {pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN"}[type(dtype)]
+
+
+def empty_select(table: str) -> str:
+    kind = RECORD_TABLES.get(table)
+    if kind is None:
+        return "SELECT NULL AS none WHERE false"
+    cols = ", ".join(f'NULL::{_duck_type(t)} AS "{c}"' for c, t in polars_schema(kind).items())
+    return f"SELECT {cols} WHERE false"
+
+
+def select_files(table: str, paths: list[str]) -> str:
+    if not paths:
+        return empty_select(table)
+    quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    return f"SELECT * FROM read_parquet([{quoted}], union_by_name = true)"
+
+
+def kept_sql(table: str, id_col: str) -> str:
+    """Records of ``table`` that no stage of their own run rejected."""
+    return (f'SELECT t.* FROM "{table}" t WHERE NOT EXISTS (SELECT 1 FROM rejects r '
+            f"WHERE r.run_id = t.run_id AND r.record_id = t.{id_col} AND r.record_kind = "
+            f"'{RECORD_KIND_OF_TABLE[table]}')")
+
