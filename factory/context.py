@@ -76,7 +76,7 @@ class StageContext:
 
         results: list[Completion | None] = [None] * len(requests)
         model_id = self.backend.model_id
-        hits = self.cache.get_many(model_id, requests) if self.cache else {}
+        hits = self.cache.get_many(model_id, requests) if self.cache is not None else {}
         todo: list[int] = []
         for i, req in enumerate(requests):
             hit = hits.get(req.cache_key(model_id))
@@ -99,7 +99,7 @@ class StageContext:
                     self.usage.calls += 1
                     self.usage.prompt_tokens += out.prompt_tokens
                     self.usage.completion_tokens += out.completion_tokens
-                if self.cache:
+                if self.cache is not None:
                     self.cache.put_many(model_id, [(requests[i], results[i]) for i in chunk])
                 advance(len(chunk))
         return [r for r in results if r is not None]
