@@ -97,13 +97,12 @@ def main() -> None:
     bare_loop(backend, rows[: args.batch_size], 8, args.batch_size, True, 0)  # warm-up
     best: dict[str, float] = {}
     for r in range(args.rounds):
-        runs = {
-            "bare_sorted": lambda: bare_loop(backend, rows, args.max_tokens, args.batch_size, True, 1000 * r),
-            "factory": lambda: factory_stage(backend, rows, args.max_tokens, r),
-            "naive": lambda: bare_loop(backend, rows, args.max_tokens, args.batch_size, False, 1000 * r),
-        }
-        for name, fn in runs.items():
-            tokens, seconds = fn()
+        for name in ("bare_sorted", "factory", "naive"):
+            if name == "factory":
+                tokens, seconds = factory_stage(backend, rows, args.max_tokens, r)
+            else:
+                tokens, seconds = bare_loop(backend, rows, args.max_tokens, args.batch_size, name == "bare_sorted",
+                                            1000 * r)
             rate = tokens / seconds
             best[name] = max(best.get(name, 0.0), rate)
             print(f"round {r}: {name:12s} {tokens:6d} tokens in {seconds:6.2f}s = {rate:7.1f} tok/s", flush=True)

@@ -2,12 +2,14 @@
 
 Bounded concurrency, per-request timeouts, retries with exponential backoff on 429/5xx and connection
 errors. The API key is read from an environment variable whose *name* is configured; the key itself
-is never logged, stored in the config, the cache or the warehouse.
+is never logged, stored in the config, the cache or the warehouse, and is scrubbed from error text
+(a server may echo request headers back, and run errors are stored in the warehouse catalog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import random
 from collections.abc import Sequence
@@ -18,7 +20,8 @@ from pydantic import Field
 
 from factory.backends.base import BackendConfig, BackendUnavailable, ChatRequest, Completion, register_backend
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 60.0
 
 
 class OpenAIConfig(BackendConfig):
@@ -39,13 +42,24 @@ class OpenAIBackend:
         self.config = config
         self.model_id = config.model
         self.batch_size = config.batch_size
-        self._key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        self._key = (os.environ.get(config.api_key_env) or "").strip() if config.api_key_env else ""
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend(model={self.model_id!r}, base_url={self.config.base_url!r})"
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        return asyncio.run(self._generate_all(requests))
+        if not requests:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._generate_all(requests))
+        # called from inside an event loop (a notebook, an async caller): asyncio.run would refuse
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._generate_all(requests)).result()
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
 
     async def _generate_all(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
@@ -57,7 +71,12 @@ class OpenAIBackend:
                 async with limit:
                     return await self._call(client, req)
 
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            outs = list(await asyncio.gather(*(one(r) for r in requests)))
+        if all((o.error or "").startswith("ConnectError") for o in outs):
+            # nothing answered at all: a missing server is a setup problem, not a batch of bad answers
+            raise BackendUnavailable(f"cannot reach {self.config.base_url} ({outs[0].error}); is the server "
+                                     "running and is backend.base_url right?")
+        return outs
 
     async def _call(self, client: httpx.AsyncClient, req: ChatRequest) -> Completion:
         body = {"model": self.model_id, "messages": req.message_dicts(), "max_tokens": req.params.max_tokens,
@@ -66,22 +85,44 @@ class OpenAIBackend:
             body["seed"] = req.params.seed
         last_error = ""
         for attempt in range(self.config.max_retries + 1):
+            wait = self.config.backoff_s * (2 ** attempt) * (0.5 + random.random())
             try:
                 resp = await client.post("/chat/completions", json=body)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
+            except httpx.TimeoutException as exc:
+                last_error = f"{type(exc).__name__} after {self.config.timeout_s:g}s {exc}".rstrip()
+            except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:
-                    return self._parse(resp.json())
-                last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code in (401, 403):
-                    hint = f" (set ${self.config.api_key_env})" if self.config.api_key_env else ""
-                    raise BackendUnavailable(f"{self.config.base_url} refused the credentials{hint}")
+                    try:
+                        return self._parse(resp.json())
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        last_error = f"malformed response ({type(exc).__name__}): {self._redact(resp.text)[:200]}"
+                        break
+                last_error = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redact, then cut
+                self._raise_for_setup(resp.status_code, last_error)
                 if resp.status_code not in RETRY_STATUS:
                     break
+                wait = max(wait, _retry_after(resp))
             if attempt < self.config.max_retries:
-                await asyncio.sleep(self.config.backoff_s * (2 ** attempt) * (0.5 + random.random()))
-        return Completion("", "error", 0, 0, error=last_error)
+                await asyncio.sleep(wait)
+        return Completion("", "error", 0, 0, error=self._redact(last_error))
+
+    def _raise_for_setup(self, status: int, detail: str) -> None:
+        """Errors no retry can fix and that would fail every request: stop the run with a clear message."""
+        env = self.config.api_key_env
+        if status in (401, 403):
+            if not env:
+                hint = "set backend.api_key_env to the environment variable holding the key"
+            elif self._key:
+                hint = f"check the key in ${env}"
+            else:
+                hint = f"${env} is not set"
+            raise BackendUnavailable(f"{self.config.base_url} refused the credentials ({hint}): "
+                                     f"{self._redact(detail)}")
+        if status == 404:
+            raise BackendUnavailable(f"{self.config.base_url}/chat/completions or model {self.model_id!r} not "
+                                     f"found (does backend.base_url end in /v1?): {self._redact(detail)}")
 
     @staticmethod
     def _parse(data: dict) -> Completion:
@@ -89,8 +130,16 @@ class OpenAIBackend:
         usage = data.get("usage") or {}
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         text = (choice.get("message") or {}).get("content") or ""
-        return Completion(text.strip(), finish, int(usage.get("prompt_tokens", 0)),
-                          int(usage.get("completion_tokens", 0)))
+        return Completion(text.strip(), finish, int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0))
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """The server's ``Retry-After`` in seconds (capped), or 0 when absent or an HTTP date."""
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(resp.headers.get("retry-after", 0))))
+    except ValueError:
+        return 0.0
 
 
 @register_backend(OpenAIConfig)
