@@ -86,6 +86,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="a run id; default:
     wh = Warehouse(warehouse)
     if not wh.catalog_path.exists():
         raise fail(f"no warehouse at {wh.root} (run a pipeline first, or pass --warehouse)")
+    wh.mark_dead_runs()
     if run_id is None:
         df = wh.query("""SELECT r.run_id, r.pipeline, r.status, r.round, r.started_at, r.finished_at,
                     count(s.stage) AS stages, sum(s.prompt_tokens + s.completion_tokens) AS tokens,

@@ -49,8 +49,9 @@ class Runner:
             assert self.config.backend is not None  # validated: stages that need one imply one
             began = time.perf_counter()
             self._backend = load_backend(self.config.backend)
-            console.print(f"[dim]loaded {self.config.backend.kind} model {self._backend.model_id!r} in "
-                          f"{time.perf_counter() - began:.1f}s[/]") if self.show_progress else None
+            if self.show_progress:
+                console.print(f"[dim]loaded {self.config.backend.kind} model {self._backend.model_id!r} in "
+                              f"{time.perf_counter() - began:.1f}s[/]")
         return self._backend
 
     def run(self) -> RunResult:

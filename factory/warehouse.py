@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ RECORD_KIND_OF_TABLE: dict[str, str] = {"tasks": "task", "samples": "sample", "j
 _CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, pipeline VARCHAR, config_hash VARCHAR, config JSON,
-    status VARCHAR, round INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, error VARCHAR);
+    status VARCHAR, round INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, error VARCHAR,
+    host VARCHAR, pid INTEGER);
 CREATE TABLE IF NOT EXISTS stages (
     run_id VARCHAR, stage VARCHAR, kind VARCHAR, position INTEGER, status VARCHAR,
     records_in BIGINT, records_out BIGINT, records_rejected BIGINT,
@@ -94,6 +96,16 @@ class StageStats:
     seconds: float = 0.0
     metrics: str = "{}"
     started_at: datetime | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class CatalogBusy(RuntimeError):
@@ -146,11 +158,22 @@ class Warehouse:
                     f"run {run_id!r} already exists with a different configuration (hash {row[0][:12]} vs "
                     f"{config_hash[:12]}); choose another --run-id or remove the old run")
             if row:
-                con.execute("UPDATE runs SET status='running', finished_at=NULL, error=NULL WHERE run_id=?",
-                            [run_id])
+                con.execute("UPDATE runs SET status='running', finished_at=NULL, error=NULL, host=?, pid=? "
+                            "WHERE run_id=?", [socket.gethostname(), os.getpid(), run_id])
             else:
-                con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, NULL, NULL)",
-                            [run_id, pipeline, config_hash, config_json, round_, now()])
+                con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, NULL, NULL, ?, ?)",
+                            [run_id, pipeline, config_hash, config_json, round_, now(), socket.gethostname(),
+                             os.getpid()])
+
+    def mark_dead_runs(self) -> None:
+        """Runs still 'running' whose process on this host is gone were killed: say so."""
+        host = socket.gethostname()
+        with self.connect() as con:
+            rows = con.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", [host]).fetchall()
+            for run_id, pid in rows:
+                if pid is not None and not _alive(pid):
+                    con.execute("UPDATE runs SET status='interrupted', error=? WHERE run_id=?",
+                                [f"process {pid} ended without finishing; run it again to resume", run_id])
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         with self.connect() as con:

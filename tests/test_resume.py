@@ -67,6 +67,9 @@ def test_kill_9_mid_stage_then_resume(tmp_path: Path):
     wh = Warehouse(tmp_path / "wh")
     assert wh.done_stages(wh.query("SELECT run_id FROM runs").item()) == {"seeds"}
     assert wh.query("SELECT status FROM runs").item() == "running"  # killed: no chance to say otherwise
+    status = subprocess.run([sys.executable, "-m", "factory.cli", "status", "-w", str(wh.root)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert "interrupted" in status.stdout  # status notices the process is gone
     assert wh.read("samples").is_empty()  # nothing half-written was registered
     with sqlite3.connect(cache) as con:
         before = dict(con.execute("SELECT key, text FROM calls").fetchall())
