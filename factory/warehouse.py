@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -57,7 +58,12 @@ CREATE TABLE IF NOT EXISTS stages (
 CREATE TABLE IF NOT EXISTS files (
     run_id VARCHAR, stage VARCHAR, table_name VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT,
     sha256 VARCHAR, created_at TIMESTAMP, PRIMARY KEY (run_id, stage, table_name));
+-- append-only migrations for catalogs made by earlier versions
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 """
+_PREPARED: set[Path] = set()  # catalogs whose tables exist and are migrated (once per process)
+_PREPARE_LOCK = threading.Lock()
 
 
 def now() -> datetime:
@@ -138,8 +144,11 @@ class Warehouse:
                     raise CatalogBusy(f"catalog {self.catalog_path} is busy: {exc}") from exc
                 time.sleep(0.1)
         try:
-            if not read_only:
-                con.execute(_CATALOG_DDL)
+            if not read_only and self.catalog_path not in _PREPARED:
+                with _PREPARE_LOCK:
+                    if self.catalog_path not in _PREPARED:
+                        con.execute(_CATALOG_DDL)
+                        _PREPARED.add(self.catalog_path)
             yield con
         finally:
             con.close()
