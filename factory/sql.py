@@ -1,7 +1,27 @@
-"""The SQL front: every table and record in the warehouse, queried read-only with DuckDB."""
+"""The SQL front: every table and record in the warehouse, queried read-only with DuckDB.
+
+The connection handed to user SQL is sandboxed with DuckDB's own switches, set after the views are
+created and then locked (``lock_configuration``) so the query itself cannot undo them:
+
+- ``enable_external_access=false`` with ``allowed_directories=[<warehouse root>]``: table functions
+  (``read_csv``, ``read_parquet``, ``glob``…), ``COPY``, ``ATTACH`` and ``EXPORT`` cannot touch any path
+  outside the warehouse, and no extension can be installed or loaded (autoinstall/autoload are off too);
+- ``memory_limit`` and ``max_temp_directory_size=0`` cap memory and forbid spilling to disk;
+- only ``SELECT``-type statements (``SELECT``, ``WITH``, ``FROM``, ``DESCRIBE``, ``SUMMARIZE``, ``SHOW``,
+  ``VALUES``) and ``EXPLAIN [ANALYZE]`` of those are run, one statement at a time: a statement-type check
+  before execution refuses ``COPY``, ``CREATE``, ``INSERT``, ``SET``, ``PRAGMA``, ``CALL``… even inside
+  the warehouse;
+- a timer thread calls ``con.interrupt()`` when the time limit passes.
+
+Every failure comes back as a :class:`QueryError` whose message is one line.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import threading
 from typing import Any
 
 import duckdb
@@ -10,21 +30,37 @@ import polars as pl
 from factory.warehouse import ID_COLUMNS, RECORD_TABLES, Warehouse, kept_sql, select_files
 
 CATALOG_TABLES = ("runs", "stages", "files")
+#: defaults for user queries; override per call or with these environment variables
+DEFAULT_TIMEOUT_S = float(os.environ.get("FACTORY_SQL_TIMEOUT_S", "60"))
+DEFAULT_MEMORY_LIMIT = os.environ.get("FACTORY_SQL_MEMORY_LIMIT", "4GB")
+ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
 def fetch_polars(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     """Run a statement and return its result as polars (works across duckdb 1.x and 2.x)."""
-    result = con.execute(sql, params or [])
-    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
-    return pl.from_arrow(fetch())
+    relation = con.sql(sql, params=params or None)
+    return relation.pl() if relation is not None else pl.DataFrame()
 
 
 class QueryError(RuntimeError):
-    """A query that failed; the message is one line a user can act on."""
+    """A query that failed or was refused; the message is one line a user can act on."""
 
 
-def open_readonly(wh: Warehouse) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with views over the warehouse's catalog tables and record files."""
+def _lock_down(con: duckdb.DuckDBPyConnection, root: str, memory_limit: str) -> None:
+    """Confine the connection to the warehouse's files and freeze its settings."""
+    root = root.rstrip("/") + "/"
+    con.execute("SET allowed_directories = ?", [[root]])
+    for stmt in ("SET enable_external_access = false",
+                 "SET autoinstall_known_extensions = false",
+                 "SET autoload_known_extensions = false",
+                 "SET max_temp_directory_size = '0GB'"):
+        con.execute(stmt)
+    con.execute("SET memory_limit = ?", [memory_limit])
+    con.execute("SET lock_configuration = true")
+
+
+def open_readonly(wh: Warehouse, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with views over the warehouse's catalog tables and record files, sandboxed."""
     con = duckdb.connect(":memory:")
     wh.init() if not wh.catalog_path.exists() else None
     with wh.connect(read_only=True) as cat:
@@ -40,14 +76,76 @@ def open_readonly(wh: Warehouse) -> duckdb.DuckDBPyConnection:
         con.execute(f'CREATE TEMP VIEW "{table}" AS {select_files(table, paths)}')
     for table, id_col in ID_COLUMNS.items():
         con.execute(f'CREATE TEMP VIEW "{table}_kept" AS {kept_sql(table, id_col)}')
+    from factory.releases import add_sql_views  # releases, release_sft, release_preference (before lockdown)
+
+    add_sql_views(con, wh)
+    _lock_down(con, str(wh.root), memory_limit or DEFAULT_MEMORY_LIMIT)
     return con
 
 
-def query(wh: Warehouse, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-    con = open_readonly(wh)
+def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one read-only statement (defence in depth behind the locked settings)."""
     try:
-        return fetch_polars(con, sql, params)
+        statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(str(exc).strip().splitlines()[0]) from None
+        raise QueryError(_one_line(exc)) from None
+    if not statements:
+        raise QueryError("empty query: write one SELECT statement")
+    if len(statements) > 1:
+        raise QueryError(f"{len(statements)} statements given: run one SELECT statement at a time")
+    kind = statements[0].type
+    if kind == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs its statement: that must be a SELECT too
+        kind = _explained_type(con, sql)
+    if kind not in ALLOWED_STATEMENTS or kind == duckdb.StatementType.EXPLAIN:
+        name = getattr(kind, "name", str(kind))
+        raise QueryError(f"refused: {name} statements are not allowed; the warehouse is read-only "
+                         "(use SELECT, WITH, DESCRIBE, SUMMARIZE or EXPLAIN SELECT)")
+
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?", re.I)
+
+
+def _explained_type(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    """The type of the statement inside ``EXPLAIN [ANALYZE] …`` (anything unclear counts as not allowed)."""
+    bare = _COMMENTS.sub(" ", sql)
+    match = _EXPLAIN.match(bare)
+    if not match:
+        return duckdb.StatementType.EXPLAIN
+    try:
+        inner = con.extract_statements(bare[match.end():])
+    except duckdb.Error:
+        return duckdb.StatementType.EXPLAIN
+    return inner[0].type if len(inner) == 1 else duckdb.StatementType.EXPLAIN
+
+
+def _interrupt(con: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):  # already closed: the query finished as the timer fired
+        con.interrupt()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def query(wh: Warehouse, sql: str, params: list[Any] | None = None, *, timeout_s: float | None = None,
+          memory_limit: str | None = None) -> pl.DataFrame:
+    """Run one read-only statement over the warehouse, within a time and memory limit; returns polars."""
+    limit = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    con = open_readonly(wh, memory_limit)
+    timer = threading.Timer(limit, _interrupt, [con]) if limit and limit > 0 else None
+    try:
+        check_statement(con, sql)
+        if timer:
+            timer.start()
+        return fetch_polars(con, sql, params)
+    except duckdb.InterruptException:
+        raise QueryError(f"query stopped after the {limit:g}s time limit (set FACTORY_SQL_TIMEOUT_S to allow "
+                         "more)") from None
+    except duckdb.Error as exc:
+        raise QueryError(_one_line(exc)) from None
     finally:
+        if timer:
+            timer.cancel()
         con.close()

@@ -31,5 +31,46 @@ def print_summary(wh: Warehouse, run_id: str, console: Console) -> None:
                          AND t.run_id = s.run_id LIMIT 1) = 'seed', sample_id LIMIT 3""", [run_id])
     if not sample.is_empty():
         print_frame(sample, "a sample of the results")
+    print_quality(wh, run_id, console)
     console.print(f'query it: factory sql "SELECT * FROM samples_kept WHERE run_id = \'{run_id}\'" '
                   f"-w {wh.root}")
+
+
+def print_quality(wh: Warehouse, run_id: str, console: Console) -> None:
+    """The judge's calibration accuracy and parse-failure rate, and the composite score distribution."""
+    from factory.cli import print_frame
+
+    judge = wh.query("""SELECT stage,
+            json_extract(metrics, '$.calibration_accuracy')::DOUBLE AS calibration_accuracy,
+            json_extract(metrics, '$.calibration_passed')::BOOLEAN AS passed,
+            json_extract(metrics, '$.trusted')::BOOLEAN AS trusted,
+            json_extract(metrics, '$.parse_failure_rate')::DOUBLE AS parse_failure_rate,
+            json_extract(metrics, '$.judge_mean')::DOUBLE AS judge_mean,
+            json_extract(metrics, '$.judgments')::BIGINT AS judgments
+        FROM stages WHERE run_id = ? AND kind = 'judge' ORDER BY position""", [run_id])
+    if not judge.is_empty():
+        print_frame(judge, "judge reliability")
+        for row in judge.iter_rows(named=True):
+            if row["passed"] is False:
+                console.print(f"[bold red]judge {row['stage']!r} is near chance on its calibration set "
+                              f"(accuracy {row['calibration_accuracy']:.2f}); "
+                              + ("its scores were ignored: composite = heuristics only[/]" if not row["trusted"]
+                                 else "its scores were used anyway (fallback_to_heuristics: false)[/]"))
+    if "scores" not in wh.table_names():
+        return
+    dist = wh.query("""SELECT stage, count(*) AS samples, sum(keep::INT) AS kept,
+            round(avg(composite), 3) AS mean, round(quantile_cont(composite, 0.1), 3) AS p10,
+            round(median(composite), 3) AS p50, round(quantile_cont(composite, 0.9), 3) AS p90,
+            bool_or(judge_used) AS judge_used
+        FROM scores WHERE run_id = ? GROUP BY stage ORDER BY stage""", [run_id])
+    if not dist.is_empty():
+        print_frame(dist, "composite score distribution")
+        hist = wh.query("""SELECT printf('%.1f-%.1f', b / 5.0, (b + 1) / 5.0) AS composite, count(*) AS n,
+                repeat('#', count(*)::INT * 40 // max(count(*)) OVER ()) AS bar
+            FROM (SELECT least(floor(composite * 5), 4)::INT AS b FROM scores WHERE run_id = ?)
+            GROUP BY b ORDER BY b""", [run_id])
+        print_frame(hist, "composite histogram")
+        reasons = wh.query("""SELECT reason, count(*) AS n FROM (SELECT unnest(drop_reasons) AS reason FROM scores
+            WHERE run_id = ?) GROUP BY reason ORDER BY n DESC""", [run_id])
+        if not reasons.is_empty():
+            print_frame(reasons, "score drop reasons")
