@@ -35,6 +35,14 @@ class PipelineBase(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)} (set `name:`)")
+        made: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            missing = [t for t in stage.consumes if t not in made]
+            if missing:
+                raise ValueError(f"stages.{i} ({stage.stage_name}) reads {', '.join(missing)}, which no earlier stage "
+                                 "makes: put it after one that does (seeds/self_instruct make tasks, self_label "
+                                 "makes samples)")
+            made.update(stage.produces)
         if self.backend is None and any(s.uses_backend for s in self.stages):
             needing = [s.stage_name for s in self.stages if s.uses_backend]
             raise ValueError(f"stages {needing} need an LLM: add a `backend:` section")

@@ -74,7 +74,7 @@ class Runner:
                     backend_loader=self._load_backend if stage_cfg.uses_backend else None,
                     cache=cache, show_progress=self.show_progress)
                 started, began = now(), time.perf_counter()
-                out = specs[stage_cfg.kind].run(ctx, stage_cfg)
+                out = specs[stage_cfg.kind].fn(ctx, stage_cfg)
                 rejects = out.rejects if isinstance(out.rejects, pl.DataFrame) else frame("reject", out.rejects)
                 tables = {**out.tables, "rejects": rejects}
                 u = ctx.usage

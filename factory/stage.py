@@ -6,12 +6,14 @@ and rejects, and the runner gives it persistence, resume, progress, counts and l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+from factory.registry import Entry, Registry
 
 if TYPE_CHECKING:
     from factory.context import StageContext
@@ -24,8 +26,10 @@ class StageConfig(BaseModel):
     kind: str
     name: str | None = None  # defaults to kind; must be unique in a pipeline
 
-    #: tables this stage reads (for validation of the pipeline's order), set by subclasses
+    #: tables this stage reads, which an earlier stage of the pipeline must make (checked on load)
     consumes: ClassVar[tuple[str, ...]] = ()
+    #: tables this stage makes
+    produces: ClassVar[tuple[str, ...]] = ()
     #: whether the stage needs the pipeline's LLM backend (so a pipeline without one never loads it)
     uses_backend: ClassVar[bool] = False
 
@@ -46,44 +50,25 @@ class StageOutput:
     rejects: list[dict[str, Any]] | pl.DataFrame = field(default_factory=list)
     records_in: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: for filtering stages (dedup, score, publish): how many input records passed. Their tables hold
+    #: index or feature rows, not records, so "out" in the funnel is this count.
+    kept: int | None = None
 
     @property
     def records_out(self) -> int:
-        return sum(df.height for df in self.tables.values())
+        return self.kept if self.kept is not None else sum(df.height for df in self.tables.values())
 
 
 StageFn = Callable[["StageContext", Any], StageOutput]
 
-
-@dataclass(frozen=True)
-class StageSpec:
-    kind: str
-    config: type[StageConfig]
-    run: StageFn
+STAGES: Registry[StageFn] = Registry("stage")
+#: ``@register(Config)`` on a function ``run(ctx, cfg) -> StageOutput`` makes it a stage
+register = STAGES.register
 
 
-STAGES: dict[str, StageSpec] = {}
-
-
-def register(config: type[StageConfig]) -> Callable[[StageFn], StageFn]:
-    """Register a stage function under its config's ``kind``; adding a stage touches one new file."""
-    kind = config.model_fields["kind"].default
-    if not isinstance(kind, str):
-        raise TypeError(f"{config.__name__}.kind needs a Literal default naming the stage")
-
-    def wrap(fn: StageFn) -> StageFn:
-        STAGES[kind] = StageSpec(kind, config, fn)
-        return fn
-
-    return wrap
-
-
-def registered() -> Mapping[str, StageSpec]:
+def registered() -> Mapping[str, Entry[StageFn]]:
     """All known stages (importing ``stages`` registers the built-in ones)."""
     import stages  # noqa: F401  (import registers)
 
-    return STAGES
+    return STAGES.entries
 
-
-def stage_names(configs: Iterable[StageConfig]) -> list[str]:
-    return [c.stage_name for c in configs]

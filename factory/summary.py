@@ -34,6 +34,12 @@ def print_summary(wh: Warehouse, run_id: str, console: Console) -> None:
     print_quality(wh, run_id, console)
     console.print(f'query it: factory sql "SELECT * FROM samples_kept WHERE run_id = \'{run_id}\'" '
                   f"-w {wh.root}")
+    releases = wh.query("""SELECT json_extract_string(metrics, '$.release') AS ref,
+                                  json_extract_string(metrics, '$.path') AS path
+                           FROM stages WHERE run_id = ? AND kind = 'publish' ORDER BY position""", [run_id])
+    for ref, path in releases.iter_rows():
+        console.print(f"release {ref}: {path}\n  load it: datasets.load_dataset({path!r}, 'sft')  "
+                      f"or factory.releases.open({ref!r})")
 
 
 def print_quality(wh: Warehouse, run_id: str, console: Console) -> None:

@@ -85,17 +85,6 @@ class DedupConfig(StageConfig):
         return f"{self.settings().minhash.fingerprint()}/{'+'.join(self.text_fields())}"
 
 
-@dataclass
-class DedupOutput(StageOutput):
-    """A filtering stage's "out" is the records it kept, not the rows of its index tables."""
-
-    kept: int = 0
-
-    @property
-    def records_out(self) -> int:
-        return self.kept
-
-
 _EMBEDDERS: dict[str, Embedder] = {}
 
 
@@ -261,7 +250,7 @@ def run(ctx: StageContext, cfg: DedupConfig) -> StageOutput:
         tables[SIGNATURES_TABLE] = out.new_signatures
     if out.new_embeddings is not None:
         tables[EMBEDDINGS_TABLE] = out.new_embeddings
-    return DedupOutput(tables=tables, rejects=rejects, records_in=current.height,
+    return StageOutput(tables=tables, rejects=rejects, records_in=current.height,
                        kept=current.height - res.drops.height, metrics=out.metrics)
 
 

@@ -174,6 +174,7 @@ class JudgeConfig(StageConfig):
     max_samples: int | None = Field(None, ge=1, description="judge at most this many samples (cheap runs)")
 
     consumes = ("samples",)
+    produces = ("judgments", "judge_scores", "pairs")
     uses_backend = True
 
 

@@ -33,6 +33,6 @@ def run(ctx: StageContext, cfg: PublishConfig) -> StageOutput:
     result = publish(wh, name, [ctx.run_id], spec, stages=ctx.earlier_stages)
     verb = "published" if result.created else "unchanged:"
     ctx.log(f"{verb} {result.ref} ({', '.join(f'{c} {n} rows' for c, n in result.rows.items())}) at {result.path}")
-    return StageOutput(records_in=sum(result.rows.values()),
+    return StageOutput(records_in=sum(result.rows.values()), kept=sum(result.rows.values()),
                        metrics={"release": result.ref, "created": result.created, "path": str(result.path),
                                 "content_hash": result.content_hash, "rows": result.rows})

@@ -90,7 +90,8 @@ class ScoreConfig(StageConfig):
     eval_sets: list[EvalSet] = Field(default_factory=list, description="benchmarks to decontaminate against")
     decontam_ngram: int = Field(13, ge=3, le=64, description="shared word n-gram length that counts as contamination")
 
-    consumes = ("samples", "judge_scores")
+    consumes = ("samples",)  # judge_scores too, when a judge stage ran
+    produces = ("scores",)
 
 
 @cache
@@ -263,7 +264,8 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> StageOutput:
                 .value_counts().iter_rows())),
         })
     ctx.log(f"{kept.height} of {scores.height} samples kept (judge {'used' if use_judge else 'not used'})")
-    return StageOutput(tables={"scores": scores}, rejects=rejects, records_in=samples.height, metrics=metrics)
+    return StageOutput(tables={"scores": scores}, rejects=rejects, records_in=samples.height, metrics=metrics,
+                       kept=kept.height)
 
 
 def histogram(values: pl.Series, bins: int = 5) -> dict[str, int]:

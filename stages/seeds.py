@@ -39,6 +39,8 @@ class SeedsConfig(StageConfig):
         description="task field → column name in the seed files")
     default_category: str = "general"
 
+    produces = ("tasks",)
+
 
 def expand(paths: list[Path]) -> list[Path]:
     files: list[Path] = []

@@ -36,6 +36,7 @@ DANGLING = re.compile(r"\b(the following|the above|above|given (text|paragraph|p
                       r"this (text|paragraph|passage|sentence|list|code))\b", re.I)
 ITEM = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*\u2022]|(?:task|instruction)\s*\d*\s*[:.])\s*(.*\S)\s*$", re.I)
 INLINE_NUMBER = re.compile(r"(?<=\S)\s+(?=\d{1,3}[.)]\s+[A-Za-z])")
+LEAD_IN = re.compile(r"^(here (is|are)|the \w+ task is|sure\b)", re.I)
 PREFIX = re.compile(r"^(?:task|instruction|new task)\s*\d*\s*[:.-]\s*", re.I)
 
 
@@ -53,6 +54,8 @@ class SelfInstructConfig(StageConfig):
     blocked_words: list[str] = Field(default_factory=lambda: list(BLOCKED))
     params: GenParams = GenParams(max_tokens=200, temperature=0.9, top_p=0.95)
 
+    consumes = ("tasks",)
+    produces = ("tasks",)
     uses_backend = True
 
 
@@ -84,6 +87,8 @@ def rule_violation(text: str, cfg: SelfInstructConfig) -> tuple[str, str] | None
         return "non_ascii_start", f"starts with {text[0]!r}"
     if text.lower().startswith(("write a program", "write a code")) and len(words) < 5:
         return "too_vague", "program request without a subject"
+    if text.rstrip().endswith((":", ",", ";")) or LEAD_IN.match(text):
+        return "incomplete", "a lead-in, not a task"
     if DANGLING.search(text):
         return "dangling_reference", "refers to an input the task does not carry"
     return None

@@ -28,6 +28,8 @@ class SelfLabelConfig(StageConfig):
     echo_threshold: float = Field(0.9, gt=0, le=1, description="ROUGE-L to the instruction that counts as echo")
     keep_truncated: bool = False
 
+    consumes = ("tasks",)
+    produces = ("samples",)
     uses_backend = True
 
 

@@ -40,7 +40,9 @@ def demo_run(tmp_path_factory) -> tuple[Warehouse, str, subprocess.CompletedProc
             {"kind": "seeds", "paths": [str(seeds)]},
             {"kind": "self_instruct", "target_tasks": 3, "max_calls": 6, "prompts_per_batch": 6,
              "params": {"max_tokens": 80}},
-            {"kind": "self_label", "n": 2, "sources": ["self_instruct"], "params": {"max_tokens": 40}},
+            # keep answers cut at max_tokens: this tiny budget would otherwise reject most of them
+            {"kind": "self_label", "n": 2, "sources": ["self_instruct"], "keep_truncated": True,
+             "params": {"max_tokens": 40}},
         ]}
     path = tmp / "mini.yaml"
     path.write_text(yaml.safe_dump(pipeline))
@@ -77,6 +79,7 @@ def test_records_match_their_schemas_and_carry_lineage(demo_run):
             assert not errors, (table, row, errors)
     samples = wh.read("samples", run_id=run_id)
     tasks = wh.read("tasks", run_id=run_id)
+    assert samples.height > 0
     assert samples["task_id"].is_in(tasks["task_id"].implode()).all()
     assert samples["sample_id"].n_unique() == samples.height
     row = samples.row(0, named=True)

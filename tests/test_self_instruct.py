@@ -39,6 +39,8 @@ def test_parse_numbered_list(text: str, expected: list[str]):
     ("¿Cuál es la capital de Francia y por qué?", "non_ascii_start"),
     ("Summarize the following paragraph in one sentence.", "dangling_reference"),
     ("Answer the above question in detail please.", "dangling_reference"),
+    ("The 3rd task is:", "incomplete"),
+    ("Here are four new tasks for you", "incomplete"),
     ("Explain why the sky looks blue during the day.", None),
 ])
 def test_rule_filters(text: str, reason: str | None):

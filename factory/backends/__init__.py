@@ -8,23 +8,24 @@ from factory.backends.base import (
     BACKENDS,
     Backend,
     BackendConfig,
-    BackendSpec,
+    BackendFactory,
     BackendUnavailable,
     ChatRequest,
     Completion,
     GenParams,
 )
+from factory.registry import Entry
 
 __all__ = ["Backend", "BackendConfig", "BackendUnavailable", "ChatRequest", "Completion", "GenParams",
            "load_backend", "registered_backends"]
 
 
-def registered_backends() -> Mapping[str, BackendSpec]:
+def registered_backends() -> Mapping[str, Entry[BackendFactory]]:
     from factory.backends import fake, openai_compat, transformers_backend, vllm_backend  # noqa: F401
 
-    return BACKENDS
+    return BACKENDS.entries
 
 
 def load_backend(config: BackendConfig) -> Backend:
     spec = registered_backends()[config.kind]
-    return spec.load(config)
+    return spec.fn(config)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.records import canonical_json, content_id
+from factory.registry import Registry
 
 
 class GenParams(BaseModel):
@@ -74,26 +75,9 @@ class BackendConfig(BaseModel):
 
 BackendFactory = Callable[[Any], Backend]
 
-
-@dataclass(frozen=True)
-class BackendSpec:
-    kind: str
-    config: type[BackendConfig]
-    load: BackendFactory
-
-
-BACKENDS: dict[str, BackendSpec] = {}
-
-
-def register_backend(config: type[BackendConfig]) -> Callable[[BackendFactory], BackendFactory]:
-    """Register ``load(config) -> Backend`` under the config's ``kind``."""
-    kind = config.model_fields["kind"].default
-
-    def wrap(load: BackendFactory) -> BackendFactory:
-        BACKENDS[kind] = BackendSpec(kind, config, load)
-        return load
-
-    return wrap
+BACKENDS: Registry[BackendFactory] = Registry("backend")
+#: ``@register_backend(Config)`` on a function ``load(config) -> Backend`` makes it a backend
+register_backend = BACKENDS.register
 
 
 class BackendUnavailable(RuntimeError):
