@@ -16,6 +16,7 @@ share almost none. ``word`` shingling (1- and 2-grams of words) is the other opt
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -211,16 +212,32 @@ def _sign_into(out: np.ndarray, mixed: np.ndarray, offsets: np.ndarray, a: np.nd
 
 
 def signatures(hashes: np.ndarray, offsets: np.ndarray, params: MinHashParams = MinHashParams(),
-               block: int = 4096) -> np.ndarray:
-    """MinHash signatures (n_texts × num_perm, uint32) of the shingle sets, many texts at a time."""
+               block: int = 4096, threads: int | None = None) -> np.ndarray:
+    """MinHash signatures (n_texts × num_perm, uint32) of the shingle sets, many texts at a time.
+
+    Chunks of 8,192 texts (small temporaries are recycled, not page-faulted) go to ``threads`` workers
+    (default: up to 4 cores; NumPy releases the GIL inside its loops)."""
     a, b = permutations(params.num_perm, params.seed)
     n = len(offsets) - 1
     out = np.empty((n, params.num_perm), dtype=_U32)
-    for s in range(0, n, 8192):  # a chunk of texts at a time: small temporaries are recycled, not page-faulted
+
+    def work(s: int) -> None:
         e = min(s + 8192, n)
         lo, hi = int(offsets[s]), int(offsets[e])
         _sign_into(out[s:e], fmix32(hashes[lo:hi]), offsets[s:e + 1] - lo, a, b, block)
+
+    _map(work, range(0, n, 8192), threads)
     return out
+
+
+def _map(work: Callable[[int], None], starts: range, threads: int | None) -> None:
+    workers = threads or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            work(start)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, starts))
 
 
 def text_signatures(texts: pl.Series | list[str], params: MinHashParams = MinHashParams(),
@@ -237,14 +254,7 @@ def text_signatures(texts: pl.Series | list[str], params: MinHashParams = MinHas
         hashes, offsets = shingle_hashes(s.slice(start, chunk), params, normalized=True)
         _sign_into(out[start:start + chunk], fmix32(hashes), offsets, a, b, 4096)
 
-    starts = range(0, len(s), chunk)
-    workers = threads or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(starts) <= 1:
-        for start in starts:
-            work(start)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, starts))
+    _map(work, range(0, len(s), chunk), threads)
     return out
 
 
