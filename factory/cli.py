@@ -246,9 +246,11 @@ def dedup(table: Annotated[DedupTable, typer.Argument(help="samples or tasks")] 
           near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of shingle sets")] = 0.45,
           semantic_threshold: Annotated[float, typer.Option(help="cosine similarity of embeddings")] = 0.8,
           embedder: Annotated[str, typer.Option(help="minilm or minilm-static")] = "minilm",
+          release: Annotated[str | None, typer.Option(help="dedup a published release's sft records instead "
+                                                      "(NAME@VERSION or NAME@latest)")] = None,
           limit: Annotated[int, typer.Option(help="clusters to show")] = 20,
           warehouse: WarehouseOpt = Path("warehouse")) -> None:
-    """Report exact, near and semantic duplicates in a warehouse table (read-only: writes nothing)."""
+    """Report exact, near and semantic duplicates in a warehouse table or a release (read-only)."""
     from pydantic import ValidationError
 
     from stages.dedup import DedupConfig, dedup_table
@@ -261,10 +263,23 @@ def dedup(table: Annotated[DedupTable, typer.Argument(help="samples or tasks")] 
                           near_threshold=near_threshold, semantic_threshold=semantic_threshold, embedder=embedder)
     except ValidationError as exc:
         raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-    outcome = dedup_table(wh, cfg, run_id)
+    if release is not None:
+        from factory import releases
+        from stages.dedup import find_duplicates
+
+        if table is not DedupTable.samples or run_id:
+            raise fail("--release dedups the release's sft rows (samples); drop --run and the table argument")
+        try:
+            rows = releases.open(release, wh).to_polars("sft")
+        except releases.ReleaseError as exc:
+            raise fail(str(exc)) from None
+        outcome = find_duplicates(wh, rows, rows.clear(), cfg)  # stored signatures/embeddings are reused
+        scope = f"release {release}"
+    else:
+        outcome = dedup_table(wh, cfg, run_id)
+        scope = f"run {run_id} against the rest" if run_id else "all kept records"
     res = outcome.result
     texts = outcome.records.select(pl.col("id").alias("record_id"), "text", "run_id")
-    scope = f"run {run_id} against the rest" if run_id else "all kept records"
     out.print(f"{table.value}: {scope}: {outcome.records.filter(~pl.col('fixed')).height} records, "
               f"{res.drops.height} duplicates {res.counts()}")
     if res.clusters.height:

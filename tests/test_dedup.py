@@ -5,6 +5,8 @@ first through the warehouse, reusing its stored signatures and embeddings."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import polars as pl
 import pytest
 from datasketch import MinHash
 
+from factory.config import parse_pipeline
 from factory.dedup import DedupSettings, dedup, exact_dedup, near_dedup, semantic_dedup
 from factory.dedup.exact import Normalization
 from factory.dedup.keep import union_find
@@ -26,7 +29,8 @@ from factory.dedup.minhash import (
     text_signatures,
 )
 from factory.dedup.semantic import similar_pairs
-from tests.conftest import write_jsonl
+from factory.runner import run_pipeline
+from tests.conftest import ROOT, write_jsonl
 
 
 def frame(texts: list[str], **cols) -> pl.DataFrame:
@@ -205,9 +209,7 @@ def rejects_of(wh, run_id: str) -> pl.DataFrame:
 
 
 def test_stage_incremental_against_history_and_deterministic(tmp_path, minilm):
-    from factory.config import parse_pipeline
     from factory.records import task_id
-    from factory.runner import run_pipeline
 
     a, b = RUN2[1]["instruction"], RUN2[2]["instruction"]
     va = minilm.encode([a + "\n", b + "\n"])
@@ -269,3 +271,22 @@ def test_stage_incremental_against_history_and_deterministic(tmp_path, minilm):
                                    "-w", str(wh.root)])
     assert res.exit_code == 0, res.output
     assert "2 duplicates" in res.output and "'exact': 1, 'near': 1" in res.output
+
+
+def test_cli_dedups_a_published_release(tmp_path: Path):
+    """`factory dedup --release` reads a release's sft rows (checksums verified) and reports duplicates."""
+    rows = [{"instruction": "Name the largest planet in our solar system.", "output": "Jupiter is the largest."},
+            {"instruction": "Name the largest planet in the solar system.", "output": "Jupiter is the largest."},
+            {"instruction": "Give two uses of baking soda in the kitchen.", "output": "Baking and cleaning."}]
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", rows)
+    wh_dir = tmp_path / "wh"
+    run_pipeline(parse_pipeline({"name": "rel", "warehouse": str(wh_dir), "stages": [
+        {"kind": "seeds", "paths": [str(seeds)]}, {"kind": "publish", "include_gold": True}]}), show_progress=False)
+    proc = subprocess.run([sys.executable, "-m", "factory.cli", "dedup", "--release", "rel@latest", "--methods",
+                           "exact,near", "-w", str(wh_dir)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "release rel@latest: 3 records, 1 duplicates" in proc.stdout
+    assert "'near': 1" in proc.stdout
+    missing = subprocess.run([sys.executable, "-m", "factory.cli", "dedup", "--release", "nope@1.0.0", "-w",
+                              str(wh_dir)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert missing.returncode == 1 and "no release named 'nope'" in missing.stderr
