@@ -46,13 +46,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import schemas
 from factory.records import canonical_json, content_id
+from factory.release_card import SPLIT, CardError, card_body, card_metadata
 from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse, now
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 FIRST_VERSION = "1.0.0"
 TMP_PREFIX = ".tmp-"
-SPLIT = "train"
 #: shard size, as in ``datasets.push_to_hub``'s default: big enough for few files, small enough to stream
 MAX_SHARD_BYTES = 500 << 20
 ROW_GROUP_ROWS = 100_000
@@ -328,18 +328,6 @@ def _small_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _feature(t: pa.DataType) -> dict[str, Any]:
-    """The `datasets` YAML form of one column type (as ``Features._to_yaml_list`` writes it)."""
-    if pa.types.is_list(t):
-        inner = _feature(t.value_type)
-        return {"list": inner["dtype"]} if set(inner) == {"dtype"} else {"list": inner}
-    names = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32", pa.float64(): "float64",
-             pa.float32(): "float32", pa.bool_(): "bool", pa.binary(): "binary", pa.null(): "null"}
-    if t not in names:
-        raise ReleaseError(f"column type {t} cannot be described in a dataset card")
-    return {"dtype": names[t]}
-
-
 @dataclass
 class FileEntry:
     path: str
@@ -408,80 +396,6 @@ def sort_by_id(df: pl.DataFrame, column: str) -> pl.DataFrame:
 def content_hash(entries: Sequence[FileEntry]) -> str:
     """Hash of the data files' paths and checksums: the same records give the same hash."""
     return hashlib.sha256(canonical_json(sorted((e.path, e.sha256) for e in entries)).encode()).hexdigest()
-
-
-def size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"),
-                         (1_000_000_000, "100M<n<1B")):
-        if n < limit:
-            return label
-    return "1B<n<10B"
-
-
-def card_metadata(name: str, spec: ReleaseSpec, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The card's YAML header: what the Hub and `datasets` read to find configs, splits and features."""
-    total = sum(c["rows"] for c in configs.values())
-    return {
-        "pretty_name": name,
-        "license": spec.license,
-        "language": ["en"],
-        "task_categories": ["text-generation"],
-        "size_categories": [size_category(total)],
-        "tags": list(dict.fromkeys(["synthetic", "dataset-factory", *spec.tags])),
-        "configs": [{"config_name": c, "data_files": [{"split": SPLIT, "path": info["paths"]}],
-                     **({"default": True} if c == "sft" else {})} for c, info in configs.items()],
-        "dataset_info": [{"config_name": c,
-                          "features": [{"name": n, **_feature(t)} for n, t in zip(info["schema"].names,
-                                                                                 info["schema"].types, strict=True)],
-                          "splits": [{"name": SPLIT, "num_bytes": info["num_bytes"], "num_examples": info["rows"]}],
-                          "download_size": info["download_size"], "dataset_size": info["num_bytes"]}
-                         for c, info in configs.items()],
-    }
-
-
-def _md_table(rows: list[list[Any]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def card_body(name: str, version: str, spec: ReleaseSpec, g: Gathered, configs: dict[str, dict[str, Any]],
-              parents: list[str]) -> str:
-    """The readable part of the card: how it was made, what is in it, and what it is (not) for."""
-    parts = [f"# {name} {version}", "",
-             spec.description or "Synthetic instruction data made by the dataset factory: a model invented tasks "
-             "(self-instruct), answered them (self-label) and the factory filtered, deduplicated and scored them.",
-             "", "## Configs", "",
-             _md_table([[c, info["rows"], ", ".join(info["schema"].names)] for c, info in configs.items()],
-                       ["config", "rows", "columns"]),
-             "", "```python", "from datasets import load_dataset",
-             f'ds = load_dataset("ORG/{name}", "sft", revision="{version}")  # or a local release folder',
-             "```", "", "## How it was made", "",
-             f"- runs: {', '.join(g.run_ids)} (pipeline config hash `{g.config_hash[:12]}`)",
-             f"- models: {', '.join(g.model_ids) or 'none (human-written only)'}",
-             f"- prompt templates: {', '.join(g.template_ids) or 'none'}",
-             f"- parent releases: {', '.join(parents) or 'none'}", "", "### Stages and their funnel", "",
-             _md_table([[f["stage"], f["kind"], f["records_in"], f["records_out"], f["records_rejected"]]
-                        for f in g.funnel], ["stage", "kind", "in", "out", "rejected"]) if g.funnel else "(none)"]
-    if g.scores is not None and len(g.scores):
-        s = g.scores
-        qs = [float(s.quantile(q)) for q in (0.0, 0.1, 0.5, 0.9, 1.0)]
-        parts += ["", f"## Score distribution (`{g.score_column}`)", "",
-                  _md_table([[len(s), f"{float(s.mean()):.3f}", *(f"{q:.3f}" for q in qs)]],
-                            ["n", "mean", "min", "p10", "p50", "p90", "max"])]
-        if spec.min_score is not None:
-            parts += ["", f"Only samples scoring at least {spec.min_score} are included."]
-    parts += ["", "## Intended use and limits", "",
-              "- Intended for supervised fine-tuning (`sft`) and preference tuning (`preference`, when present) "
-              "of language models, and for research on synthetic data.",
-              "- Every row was written by a model and checked only by automatic filters and judges: expect "
-              "factual errors, shallow answers and the biases of the generating model. Do not use it as a "
-              "source of facts or for evaluation.",
-              "- Lineage columns (`sample_id`, `task_id`, `run_id`, `producer`, `template_id`, `gen_params`) "
-              "trace every row back to the factory's warehouse.",
-              "- `manifest.json` lists the sha256 of every file; `factory.releases.open` verifies them.", ""]
-    return "\n".join(parts)
 
 
 @dataclass
@@ -562,7 +476,11 @@ def _publish_locked(wh: Warehouse, name: str, spec: ReleaseSpec, g: Gathered, na
 
     older = [v for v in existing if parse_version(v) < parse_version(version)]
     parents = [f"{name}@{older[-1]}"] if older else []
-    card = ("---\n" + yaml.safe_dump(card_metadata(name, spec, configs), sort_keys=False, allow_unicode=True)
+    try:
+        metadata = card_metadata(name, spec, configs)
+    except CardError as exc:
+        raise ReleaseError(str(exc)) from None
+    card = ("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
             + "---\n\n" + card_body(name, version, spec, g, configs, parents))
     (tmp / "README.md").write_text(card, encoding="utf-8")
     readme = FileEntry("README.md", _sha256(tmp / "README.md"), (tmp / "README.md").stat().st_size, None)
