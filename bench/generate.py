@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from factory.backends.transformers_backend import TransformersBackend, TransformersConfig  # noqa: E402
 from factory.config import parse_pipeline  # noqa: E402
+from factory.records import task_prompt  # noqa: E402
 from factory.runner import Runner  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def bare_loop(backend: TransformersBackend, rows: list[dict], max_tokens: int, b
     import torch
 
     tok, model = backend.tokenizer, backend.model
-    prompts = [tok.apply_chat_template([{"role": "user", "content": user_text(r)}], tokenize=False,
+    prompts = [tok.apply_chat_template([{"role": "user", "content": task_prompt(r)}], tokenize=False,
                                        add_generation_prompt=True) for r in rows]
     if sort:
         prompts.sort(key=lambda p: len(tok(p, add_special_tokens=False).input_ids))
@@ -61,10 +62,6 @@ def bare_loop(backend: TransformersBackend, rows: list[dict], max_tokens: int, b
             n = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
             tokens += n
     return tokens, time.perf_counter() - began
-
-
-def user_text(row: dict) -> str:
-    return f"{row['instruction']}\n\n{row['input']}" if row.get("input") else row["instruction"]
 
 
 def factory_stage(backend: TransformersBackend, rows: list[dict], max_tokens: int, round_: int) -> tuple[int, float]:

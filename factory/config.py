@@ -50,7 +50,10 @@ class PipelineBase(BaseModel):
 
     @property
     def config_hash(self) -> str:
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
+        """Hash of what defines the data (not where it is stored): run ids and sampling derive from it,
+        so moving the warehouse or overriding it with ``--warehouse`` neither forks a run nor changes it."""
+        data = self.model_dump(mode="json", exclude={"warehouse"})
+        return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
 def _union(configs: list[type[BaseModel]]) -> Any:

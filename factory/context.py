@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from factory.backends.base import Backend, ChatRequest, Completion
 from factory.cache import CallCache
-from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse
+from factory.warehouse import Warehouse
 
 console = Console(stderr=True)
 
@@ -46,17 +46,11 @@ class StageContext:
 
     def inputs(self, table: str) -> pl.DataFrame:
         """All ``table`` records made by earlier stages of this run, less those a stage rejected."""
-        df = self.warehouse.read(table, run_id=self.run_id, stages=self.earlier_stages)
-        id_col = ID_COLUMNS.get(table)
-        if id_col is None or df.is_empty():
-            return df
-        rejects = self.warehouse.read("rejects", run_id=self.run_id, stages=self.earlier_stages)
-        dropped = rejects.filter(pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])["record_id"]
-        return df.filter(~pl.col(id_col).is_in(dropped.drop_nulls().implode()))
+        return self.warehouse.kept(table, run_id=self.run_id, stages=self.earlier_stages)
 
     def history(self, table: str) -> pl.DataFrame:
-        """``table`` records of every *other* run in the warehouse (for dedup against history)."""
-        df = self.warehouse.read(table)
+        """Kept ``table`` records of every *other* run in the warehouse (for dedup against history)."""
+        df = self.warehouse.kept(table)
         return df.filter(pl.col("run_id") != self.run_id) if "run_id" in df.columns else df
 
     # -- the model ---------------------------------------------------------------------------------

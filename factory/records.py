@@ -25,6 +25,18 @@ def content_id(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
 
 
+def derived_seed(*parts: Any) -> int:
+    """A sampling seed derived from content (run seed, record id, repeat…): the same request always
+    samples the same way, so its cache key, and a resumed run, reproduce."""
+    return int(content_id(*parts)[:8], 16)
+
+
+def task_prompt(record: Mapping[str, Any]) -> str:
+    """What a model is asked for a task (or a sample of one): the instruction, then its input if any."""
+    instruction = record.get("instruction") or ""
+    return f"{instruction}\n\n{record['input']}" if record.get("input") else instruction
+
+
 def normalize_text(text: str) -> str:
     """Whitespace- and case-folded text, used where two spellings of one task must share an id."""
     return _SPACE.sub(" ", text).strip().lower()

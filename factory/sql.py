@@ -62,7 +62,6 @@ def _lock_down(con: duckdb.DuckDBPyConnection, root: str, memory_limit: str) -> 
 def open_readonly(wh: Warehouse, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views over the warehouse's catalog tables and record files, sandboxed."""
     con = duckdb.connect(":memory:")
-    wh.init() if not wh.catalog_path.exists() else None
     with wh.connect(read_only=True) as cat:
         files = cat.execute("SELECT table_name, path FROM files ORDER BY created_at").fetchall()
         catalog = {t: fetch_polars(cat, f"SELECT * FROM {t}") for t in CATALOG_TABLES}

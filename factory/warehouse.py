@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -250,6 +250,24 @@ class Warehouse:
             return pl.DataFrame(schema=polars_schema(kind)) if kind else pl.DataFrame()
         frames = [pl.read_parquet(p) for p in paths]
         return pl.concat(frames, how="diagonal_relaxed")
+
+    def kept(self, table: str, run_id: str | None = None, stages: list[str] | None = None,
+             ignore_reasons: Iterable[str] = ()) -> pl.DataFrame:
+        """Records of ``table`` that no stage of their own run rejected (the ``*_kept`` views, in Python).
+
+        ``run_id`` / ``stages`` narrow both the records and the rejects considered; rejects whose reason
+        is in ``ignore_reasons`` do not count. Tables without record ids are returned as they are.
+        """
+        df = self.read(table, run_id, stages)
+        id_col = ID_COLUMNS.get(table)
+        if id_col is None or df.is_empty():
+            return df
+        rejects = self.read("rejects", run_id, stages)
+        dropped = rejects.filter((pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])
+                                 & pl.col("record_id").is_not_null()
+                                 & ~pl.col("reason").is_in(list(ignore_reasons)))
+        return df.join(dropped.select("run_id", pl.col("record_id").alias(id_col)), on=["run_id", id_col],
+                       how="anti")
 
     def table_names(self) -> list[str]:
         if not self.catalog_path.exists():

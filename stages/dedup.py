@@ -115,22 +115,6 @@ def records_frame(df: pl.DataFrame, table: str, cfg: DedupConfig, fixed: bool) -
     return out.unique("id", keep="first", maintain_order=True)
 
 
-def kept_history(wh: Warehouse, table: str, run_id: str | None, ignore: frozenset[str] = frozenset()) -> pl.DataFrame:
-    """Records of other runs that their own run did not reject (rejects for ``ignore`` reasons aside)."""
-    df = wh.read(table)
-    if df.is_empty():
-        return df
-    if run_id is not None:
-        df = df.filter(pl.col("run_id") != run_id)
-    rejects = wh.read("rejects")
-    if rejects.height:
-        dropped = rejects.filter((pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])
-                                 & ~pl.col("reason").is_in(list(ignore))).select(
-            "run_id", pl.col("record_id").alias(ID_COLUMNS[table]))
-        df = df.join(dropped, on=["run_id", ID_COLUMNS[table]], how="anti")
-    return df
-
-
 @dataclass
 class Outcome:
     result: DedupResult
@@ -225,7 +209,7 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
 def run(ctx: StageContext, cfg: DedupConfig) -> StageOutput:
     table = cfg.table
     current = ctx.inputs(table)
-    history = kept_history(ctx.warehouse, table, ctx.run_id) if cfg.against_history else current.head(0)
+    history = ctx.history(table) if cfg.against_history else current.head(0)
     out = find_duplicates(ctx.warehouse, current, history, cfg, ctx.log)
     res = out.result
     info = out.records.select("id", "text", "fixed", "run_id")
@@ -258,7 +242,7 @@ def dedup_table(wh: Warehouse, cfg: DedupConfig, run_id: str | None = None) -> O
     """Find duplicates among a warehouse table's kept records without writing anything (``factory
     dedup``): one run's records against each other and every other run's, or, without ``run_id``,
     all kept records against each other. Earlier dedup decisions are ignored: it judges afresh."""
-    kept = kept_history(wh, cfg.table, None, ignore=frozenset(REASONS.values()))
+    kept = wh.kept(cfg.table, ignore_reasons=REASONS.values())
     if kept.is_empty():
         return Outcome(DedupResult(), records_frame(kept, cfg.table, cfg, fixed=False))
     if run_id is None:

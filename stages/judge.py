@@ -26,7 +26,7 @@ from pydantic import Field
 
 from factory.backends.base import ChatRequest, GenParams
 from factory.context import StageContext
-from factory.records import content_id, frame, lineage
+from factory.records import content_id, derived_seed, frame, lineage, task_prompt
 from factory.stage import StageConfig, StageOutput, register
 
 ADDITIVE_TEMPLATE_ID = "judge/additive5@1"
@@ -182,11 +182,6 @@ def _request(content: str, params: GenParams, seed: int) -> ChatRequest:
     return ChatRequest.of([{"role": "user", "content": content}], params.model_copy(update={"seed": seed}))
 
 
-def _question(sample: dict[str, Any]) -> str:
-    instruction = sample.get("instruction") or ""
-    return f"{instruction}\n\n{sample['input']}" if sample.get("input") else instruction
-
-
 def _judgment(ctx: StageContext, *, kind: str, target_ids: list[str], task_id: str | None, model: str,
               template_id: str, repeat: int, raw: str, score: float | None, params: GenParams) -> dict[str, Any]:
     return {"judgment_id": content_id("judgment", kind, target_ids, model, template_id, repeat, params.model_dump(),
@@ -205,7 +200,7 @@ def run_calibration(ctx: StageContext, cfg: JudgeConfig) -> tuple[float, list[di
     for pair in pairs:
         for side in ("good", "bad"):
             for r in range(cfg.calibration_repeats):
-                seed = int(content_id(ctx.seed, "calibration", pair["pair_id"], side, r)[:8], 16)
+                seed = derived_seed(ctx.seed, "calibration", pair["pair_id"], side, r)
                 prompt = ADDITIVE_TEMPLATE.format(question=pair["question"], answer=pair[side])
                 jobs.append((pair, side, r, _request(prompt, cfg.params, seed)))
     outs = ctx.generate([j[3] for j in jobs], description="calibration")
@@ -238,8 +233,8 @@ def run_pairwise(ctx: StageContext, cfg: JudgeConfig, samples: list[dict[str, An
     for task_id, group in by_task.items():
         for a, b in list(combinations(sorted(group, key=lambda s: s["sample_id"]), 2))[:cfg.max_pairs_per_task]:
             for order, (first, second) in enumerate(((a, b), (b, a))):
-                seed = int(content_id(ctx.seed, "pairwise", first["sample_id"], second["sample_id"])[:8], 16)
-                prompt = PAIRWISE_TEMPLATE.format(question=_question(a), a=first["output"], b=second["output"])
+                seed = derived_seed(ctx.seed, "pairwise", first["sample_id"], second["sample_id"])
+                prompt = PAIRWISE_TEMPLATE.format(question=task_prompt(a), a=first["output"], b=second["output"])
                 jobs.append((task_id, a, b, order, first, second, _request(prompt, cfg.params, seed)))
     outs = ctx.generate([j[-1] for j in jobs], description="pairwise")
     model = ctx.backend.model_id if jobs else ""
@@ -296,9 +291,9 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
 
     jobs = []
     for s in rows:
-        prompt = ADDITIVE_TEMPLATE.format(question=_question(s), answer=s["output"])
+        prompt = ADDITIVE_TEMPLATE.format(question=task_prompt(s), answer=s["output"])
         for r in range(cfg.k):
-            seed = int(content_id(ctx.seed, "judge", s["sample_id"], r)[:8], 16)
+            seed = derived_seed(ctx.seed, "judge", s["sample_id"], r)
             jobs.append((s, r, _request(prompt, cfg.params, seed)))
     outs = ctx.generate([j[2] for j in jobs], description="judging")
     model = ctx.backend.model_id

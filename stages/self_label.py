@@ -12,7 +12,7 @@ from pydantic import Field
 
 from factory.backends.base import ChatRequest, GenParams
 from factory.context import StageContext
-from factory.records import content_id, frame, lineage, reject
+from factory.records import content_id, derived_seed, frame, lineage, reject, task_prompt
 from factory.similarity import rouge_l
 from factory.stage import StageConfig, StageOutput, register
 
@@ -33,10 +33,6 @@ class SelfLabelConfig(StageConfig):
     uses_backend = True
 
 
-def user_message(task: dict[str, Any]) -> str:
-    return f"{task['instruction']}\n\n{task['input']}" if task.get("input") else task["instruction"]
-
-
 def problem(text: str, finish_reason: str, task: dict[str, Any], cfg: SelfLabelConfig) -> tuple[str, str] | None:
     """(reason, detail) when an answer is unusable, else None."""
     if finish_reason == "error":
@@ -45,7 +41,7 @@ def problem(text: str, finish_reason: str, task: dict[str, Any], cfg: SelfLabelC
         return "empty", "empty answer"
     if finish_reason == "length" and not cfg.keep_truncated:
         return "truncated", f"answer hit max_tokens={cfg.params.max_tokens}"
-    prompt = user_message(task)
+    prompt = task_prompt(task)
     if text.strip().lower() == prompt.strip().lower():
         return "echo", "answer repeats the prompt"
     score = rouge_l(prompt, text)
@@ -64,9 +60,9 @@ def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
     jobs: list[tuple[dict[str, Any], int, ChatRequest]] = []
     for task in tasks:
         for k in range(cfg.n):
-            seed = int(content_id(ctx.seed, task["task_id"], k)[:8], 16)
+            seed = derived_seed(ctx.seed, task["task_id"], k)
             params = cfg.params.model_copy(update={"seed": seed})
-            jobs.append((task, k, ChatRequest.of([*system, {"role": "user", "content": user_message(task)}],
+            jobs.append((task, k, ChatRequest.of([*system, {"role": "user", "content": task_prompt(task)}],
                                                  params)))
     outs = ctx.generate([j[2] for j in jobs], description="answers")
     model_id = ctx.backend.model_id if jobs else ""

@@ -71,3 +71,12 @@ def test_cli_reports_config_errors_in_one_message_before_loading_any_model(tmp_p
     assert "stages.1.self_label.n: Input should be greater than or equal to 1" in proc.stderr
     assert "Traceback" not in proc.stderr and "loaded transformers" not in proc.stderr
     assert time.monotonic() - began < 30  # no model was loaded
+
+
+def test_the_warehouse_location_is_not_part_of_a_runs_identity(tmp_path: Path):
+    from factory.runner import default_run_id
+
+    one = load_pipeline(write(tmp_path, BASE))
+    other = load_pipeline(write(tmp_path, BASE.replace("name: t", "name: t\nwarehouse: /elsewhere")))
+    changed = load_pipeline(write(tmp_path, BASE.replace("name: t", "name: t\nseed: 1")))
+    assert default_run_id(one) == default_run_id(other) != default_run_id(changed)

@@ -46,6 +46,12 @@ def test_commit_registers_files_views_span_runs_and_kept_views_drop_rejects(ware
     assert warehouse.query("SELECT run_id, count(*) n FROM tasks_kept GROUP BY 1 ORDER BY 1").rows() == [
         ("r1", 2), ("r2", 1)]
     assert warehouse.done_stages("r2") == {"seeds", "dedup"}
+    # the Python form of the kept views agrees with them, and can disregard some reject reasons
+    assert sorted(warehouse.kept("tasks").select("run_id", "task_id").rows()) == sorted(
+        warehouse.query("SELECT run_id, task_id FROM tasks_kept").rows())
+    assert warehouse.kept("tasks", run_id="r2").height == 1
+    assert warehouse.kept("tasks", run_id="r2", ignore_reasons=["dup"]).height == 2
+    assert warehouse.kept("tasks", run_id="r2", stages=["seeds"]).height == 2  # the dedup stage not counted
     files = warehouse.query("SELECT * FROM files ORDER BY run_id, stage")
     assert files.height == 3 and all(len(d) == 64 for d in files["sha256"])
     # the persisted views work for people who open catalog.duckdb with plain duckdb
