@@ -12,6 +12,7 @@ embedded once, ever; only this run's new records (and any history record never s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.context import StageContext
-from factory.dedup import REASONS, DedupResult, DedupSettings, dedup
+from factory.dedup import REASONS, DedupResult, DedupSettings, check_drop_fraction, dedup
 from factory.dedup.exact import Normalization, text_hash
 from factory.dedup.minhash import MinHashParams, text_signatures
 from factory.dedup.semantic import Embedder, load_embedder
@@ -57,14 +58,20 @@ class DedupConfig(StageConfig):
                                      "(default: instruction+output for samples, instruction+input for tasks)")
     methods: list[Literal["exact", "near", "semantic"]] = ["exact", "near", "semantic"]
     normalize: NormalizeConfig = NormalizeConfig()
-    near_threshold: float = Field(0.45, gt=0, le=1, description="Jaccard similarity of shingle sets")
+    near_threshold: float = Field(0.82, gt=0, le=1, description="Jaccard similarity of character 4-gram sets")
     shingle: Literal["char", "word"] = "char"
     shingle_size: int = Field(4, ge=1, le=8, description="bytes for char shingles, largest n for word n-grams")
     num_perm: int = Field(128, ge=16, le=1024)
     semantic_threshold: float = Field(0.8, gt=0, le=1, description="cosine similarity of embeddings")
-    embedder: Literal["minilm", "minilm-static"] = "minilm"
+    embedder: Literal["minilm", "minilm-static", "minilm-two-step"] = Field(
+        "minilm", description="minilm-two-step: the static model flags rows with a neighbour at "
+        "candidate_threshold, MiniLM embeds just those and decides (for large tables)")
+    candidate_threshold: float = Field(0.7, gt=0, le=1, description="minilm-two-step: the static model's cosine "
+                                       "at which a row is passed on to MiniLM")
     keep: KeepConfig = KeepConfig()
     against_history: bool = Field(True, description="also drop duplicates of other runs' records")
+    max_drop_fraction: float = Field(0.5, gt=0, le=1, description="stop, writing nothing, when dedup would drop "
+                                     "more than this share of the run's records")
 
     @property
     def consumes(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -78,11 +85,15 @@ class DedupConfig(StageConfig):
         return DedupSettings(
             exact="exact" in self.methods, near="near" in self.methods, semantic="semantic" in self.methods,
             normalization=norm, semantic_threshold=self.semantic_threshold,
+            semantic_candidate_threshold=self.candidate_threshold,
             minhash=MinHashParams(num_perm=self.num_perm, shingle=self.shingle, n=self.shingle_size,
                                   threshold=self.near_threshold, normalization=norm))
 
     def signature_space(self) -> str:
         return f"{self.settings().minhash.fingerprint()}/{'+'.join(self.text_fields())}"
+
+    def thresholds(self) -> str:
+        return f"near_threshold={self.near_threshold}, semantic_threshold={self.semantic_threshold}"
 
 
 _EMBEDDERS: dict[str, Embedder] = {}
@@ -166,35 +177,44 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
         metrics["signatures_reused"] = len(ids) - len(todo)
         return out
 
-    def vectors_for(rows: pl.DataFrame) -> np.ndarray:
-        emb = embedder(cfg.embedder) if rows.height else None
-        hashes = text_hash(rows["text"])
-        stored = wh.read(EMBEDDINGS_TABLE)
-        known: dict[str, np.ndarray] = {}
-        model_id = emb.model_id if emb else ""
-        if stored.height:
-            stored = stored.filter((pl.col("model_id") == model_id) & pl.col("text_hash").is_in(hashes.implode()))
-            stored = stored.unique("text_hash", keep="first")
+    def cached_vectors(name: str) -> Callable[[pl.DataFrame], np.ndarray]:
+        """Normalised embeddings of a frame's texts by ``name``, each text embedded once ever."""
+
+        def vectors_for(rows: pl.DataFrame) -> np.ndarray:
+            emb = embedder(name) if rows.height else None
+            hashes = text_hash(rows["text"])
+            stored = wh.read(EMBEDDINGS_TABLE)
+            known: dict[str, np.ndarray] = {}
+            model_id = emb.model_id if emb else ""
             if stored.height:
-                mat = np.asarray(stored["vector"].to_list(), dtype=np.float32)
-                known = dict(zip(stored["text_hash"].to_list(), mat, strict=True))
-        hl = hashes.to_list()
-        todo = sorted({h: i for i, h in reversed(list(enumerate(hl))) if h not in known}.values())
-        if todo:
-            texts = rows["text"].gather(todo).to_list()
-            fresh = emb.encode(texts)
-            for i, vec in zip(todo, fresh, strict=True):
-                known[hl[i]] = vec
-            new_vecs.append(pl.DataFrame({
-                "record_id": rows["id"].gather(todo), "table": table, "model_id": model_id,
-                "text_hash": hashes.gather(todo), "vector": pl.Series(fresh.tolist(), dtype=pl.List(pl.Float32))}))
-        metrics["embedded"] = len(todo)
-        metrics["embeddings_reused"] = len(hl) - len(todo)
-        dim = len(next(iter(known.values()))) if known else 0
-        return np.asarray([known[h] for h in hl], dtype=np.float32).reshape(len(hl), dim)
+                stored = stored.filter((pl.col("model_id") == model_id)
+                                       & pl.col("text_hash").is_in(hashes.implode())).unique("text_hash", keep="first")
+                if stored.height:
+                    mat = np.asarray(stored["vector"].to_list(), dtype=np.float32)
+                    known = dict(zip(stored["text_hash"].to_list(), mat, strict=True))
+            hl = hashes.to_list()
+            todo = sorted({h: i for i, h in reversed(list(enumerate(hl))) if h not in known}.values())
+            if todo:
+                texts = rows["text"].gather(todo).to_list()
+                fresh = emb.encode(texts)
+                for i, vec in zip(todo, fresh, strict=True):
+                    known[hl[i]] = vec
+                new_vecs.append(pl.DataFrame({
+                    "record_id": rows["id"].gather(todo), "table": table, "model_id": model_id,
+                    "text_hash": hashes.gather(todo), "vector": pl.Series(fresh.tolist(), dtype=pl.List(pl.Float32))}))
+            metrics["embedded"] = metrics.get("embedded", 0) + len(todo)
+            metrics["embeddings_reused"] = metrics.get("embeddings_reused", 0) + len(hl) - len(todo)
+            dim = len(next(iter(known.values()))) if known else 0
+            return np.asarray([known[h] for h in hl], dtype=np.float32).reshape(len(hl), dim)
+
+        return vectors_for
 
     fresh = frame.height - hist.height
-    result = dedup(frame, settings, signatures_for, vectors_for) if fresh > 0 else DedupResult()
+    if cfg.embedder == "minilm-two-step":
+        vectors_for, accurate_for = cached_vectors("minilm-static"), cached_vectors("minilm")
+    else:
+        vectors_for, accurate_for = cached_vectors(cfg.embedder), None
+    result = dedup(frame, settings, signatures_for, vectors_for, accurate_for) if fresh > 0 else DedupResult()
     if same.height:  # ids already held by another run: exact duplicates of that very record
         held = pl.DataFrame({"id": same["id"], "kind": "exact", "duplicate_of": same["id"], "similarity": 1.0})
         result = DedupResult.concat([DedupResult(held, DedupResult().clusters), result])
@@ -212,6 +232,7 @@ def run(ctx: StageContext, cfg: DedupConfig) -> StageOutput:
     history = ctx.history(table) if cfg.against_history else current.head(0)
     out = find_duplicates(ctx.warehouse, current, history, cfg, ctx.log)
     res = out.result
+    check_drop_fraction(res, out.records, cfg.max_drop_fraction, "max_drop_fraction", cfg.thresholds())
     info = out.records.select("id", "text", "fixed", "run_id")
     drops = res.drops.join(info.select("id", "text"), on="id", how="left").join(
         info.select(pl.col("id").alias("duplicate_of"), pl.col("fixed").alias("of_history"),

@@ -17,7 +17,6 @@ from datasketch import MinHash
 from factory.config import parse_pipeline
 from factory.dedup import DedupSettings, dedup, exact_dedup, near_dedup, semantic_dedup
 from factory.dedup.exact import Normalization
-from factory.dedup.keep import union_find
 from factory.dedup.minhash import (
     MinHashParams,
     candidates_banded,
@@ -83,7 +82,7 @@ def test_signatures_equal_datasketch_and_banded_equals_minhashlsh():
     words = [f"w{i}" for i in range(300)]
     base = [" ".join(rng.choice(words, int(rng.integers(8, 25)))) for _ in range(300)]
     texts = base + [t.replace(t.split()[2], "zz", 1) for t in base[:100]] + ["", "ab"]
-    params = MinHashParams()
+    params = MinHashParams(threshold=0.45)  # a loose threshold: plenty of candidate pairs to compare
     hashes, offsets = shingle_hashes(texts, params)
     sigs = signatures(hashes, offsets, params)
     assert np.array_equal(sigs, text_signatures(texts, params, chunk=37, threads=2))
@@ -104,12 +103,14 @@ def test_near_catches_small_edits_and_keeps_unrelated():
              base.replace("lighthouse keeper", "fisherman").replace("beach", "shore"),  # 3-word edit
              "Explain how photosynthesis converts sunlight into chemical energy in green plants"]
     res = near_dedup(frame(texts))
+    assert res.drops["id"].to_list() == ["r1"]  # the default (0.82): about one edited word in a sentence
+    low = MinHashParams(threshold=0.45)  # the 3-word edit too, at a looser threshold
+    res = near_dedup(frame(texts), low)
     assert sorted(res.drops["id"]) == ["r1", "r2"]
     assert set(res.drops["duplicate_of"]) == {"r0"} and set(res.drops["kind"]) == {"near"}
-    params = MinHashParams()
     for rid, sim in zip(res.drops["id"], res.drops["similarity"], strict=True):
-        assert sim == pytest.approx(jaccard(texts[0], texts[int(rid[1:])], params), abs=1e-6)
-        assert sim >= params.threshold
+        assert sim == pytest.approx(jaccard(texts[0], texts[int(rid[1:])], low), abs=1e-6)
+        assert sim >= low.threshold
 
 
 def test_near_threshold_just_under_and_just_over():
@@ -123,9 +124,91 @@ def test_near_threshold_just_under_and_just_over():
     assert under.drops.is_empty()
 
 
-def test_union_find_groups_chains():
-    roots = union_find(6, np.array([0, 3, 4]), np.array([1, 4, 5]))
-    assert roots.tolist() == [0, 0, 2, 3, 3, 3]
+TASKS = ["Write a short quiz on", "Compose a limerick about", "Draft a one-page handout on"]
+TOPICS = ["the water cycle", "the rules of chess", "how bridges carry heavy loads", "the life cycle of a star"]
+AUDIENCES = ["for a ten-year-old", "for a retired teacher"]
+
+
+def templated() -> tuple[list[str], list[int]]:
+    """24 slot combinations of one template (bases), each with a typo copy and every other one with an
+    inserted word: (texts, group of each text)."""
+    texts, groups = [], []
+    for g, (task, topic, audience) in enumerate((t, o, a) for t in TASKS for o in TOPICS for a in AUDIENCES):
+        base = f"{task} {topic} {audience}, focusing on three surprising facts."
+        copies = [base.replace("surprising", "surprsiing")]
+        if g % 2:
+            copies.append(base.replace("focusing on", "focusing mainly on"))
+        for text in [base, *copies]:
+            texts.append(text)
+            groups.append(g)
+    return texts, groups
+
+
+def components(texts: list[str], threshold: float, params: MinHashParams) -> int:
+    """Connected components of the graph of pairs at or above the threshold: what union-find keeps."""
+    n = len(texts)
+    sets = shingle_sets(*shingle_hashes(texts, params))
+    left, right = np.triu_indices(n, 1)
+    sims = jaccard_pairs(sets, left, right)
+    adjacent = {i: set() for i in range(n)}
+    for a, b in zip(left[sims >= threshold].tolist(), right[sims >= threshold].tolist(), strict=True):
+        adjacent[a].add(b)
+        adjacent[b].add(a)
+    seen, count = set(), 0
+    for start in range(n):
+        if start in seen:
+            continue
+        count += 1
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(adjacent[node] - seen)
+    return count
+
+
+def test_near_on_templated_text_keeps_one_per_task_and_never_chains():
+    texts, groups = templated()
+    params = MinHashParams()  # the default threshold
+    sets = shingle_sets(*shingle_hashes(texts, params))
+    left, right = np.triu_indices(len(texts), 1)
+    sims = jaccard_pairs(sets, left, right)
+    same = np.asarray(groups)[left] == np.asarray(groups)[right]
+    # the corpus is what it claims: copies are near duplicates of their base, other tasks are not
+    assert sims[~same].max() < params.threshold
+    for i, g in enumerate(groups):  # each group's base comes first
+        assert jaccard(texts[i], texts[groups.index(g)], params) >= params.threshold
+    res = near_dedup(frame(texts))
+    dropped = set(res.drops["id"])
+    kept = [i for i in range(len(texts)) if f"r{i}" not in dropped]
+    assert len(kept) == 24 and sorted(groups[i] for i in kept) == list(range(24))
+
+    # at the old default (0.45) the template chains everything into one component (union-find kept 1
+    # record); stars drop only what is directly similar to a record that stays
+    low = MinHashParams(threshold=0.45)
+    assert components(texts, 0.45, low) == 1
+    res = near_dedup(frame(texts), low)
+    dropped = set(res.drops["id"])
+    assert len(texts) - len(dropped) > 1  # more than union-find kept, and each drop verified below
+    for rid, keeper, sim in res.drops.select("id", "duplicate_of", "similarity").iter_rows():
+        assert keeper not in dropped
+        assert sim == pytest.approx(jaccard(texts[int(rid[1:])], texts[int(keeper[1:])], low), abs=1e-6)
+        assert sim >= 0.45
+
+
+def test_star_groups_prefer_the_record_its_copies_resemble():
+    """b and c are each a copy of a but not of each other: keeping a (most connected) drops both; keeping
+    b (first in order) would leave c behind. A score still beats connectedness."""
+    a = "Explain how vaccines train the immune system to recognise a virus"
+    b = a.replace("Explain", "Describe")
+    c = a.replace("recognise a virus", "recognize viruses")
+    params = MinHashParams(threshold=0.75)
+    assert jaccard(a, b, params) >= 0.75 and jaccard(a, c, params) >= 0.75 and jaccard(b, c, params) < 0.75
+    res = near_dedup(frame([b, a, c]), params)
+    assert sorted(res.drops["id"]) == ["r0", "r2"] and set(res.drops["duplicate_of"]) == {"r1"}
+    res = near_dedup(frame([b, a, c], priority=[2.0, 1.0, 1.0]), params)
+    assert res.drops["id"].to_list() == ["r1"] and res.drops["duplicate_of"].to_list() == ["r0"]
 
 
 # -- semantic -----------------------------------------------------------------------------------------
@@ -166,8 +249,10 @@ def test_semantic_paraphrase_caught_unrelated_kept_and_threshold_edges(minilm):
 
 
 def test_dedup_runs_kinds_in_order(minilm):
-    texts = ["Give me five tips for sleeping better.", "give me five tips for sleeping better",
-             "Give me five useful tips for sleeping better.", "Offer five pieces of advice for better sleep.",
+    texts = ["Give me five tips for sleeping better after a long day at work.",
+             "give me five tips for sleeping better after a long day at work",
+             "Give me five useful tips for sleeping better after a long day at work.",
+             "Offer five pieces of advice for better sleep after a tiring workday.",
              "Translate 'good morning' into Spanish."]
     vecs = minilm.encode(texts)
     thr = float(vecs[0] @ vecs[3]) - 0.01
@@ -187,20 +272,22 @@ RUN1 = [
     {"instruction": "List three reasons why people enjoy gardening on weekends."},
 ]
 RUN2 = [
-    {"instruction": "Write a brief story about a lighthouse keeper who finds a message in a bottle."},
+    {"instruction": "Write a short story about a lighthouse keeper who finds a mesage in a botle."},
     {"instruction": "Explain how vaccines train the immune system to recognise a virus!"},
     {"instruction": "Describe how a vaccine teaches the body's immune system to recognize a virus."},
     {"instruction": "Suggest a name for a bakery that only sells cinnamon rolls."},
 ]
 
 
-def pipeline(tmp: Path, name: str, seeds: list[dict], semantic_threshold: float) -> dict:
+def pipeline(tmp: Path, name: str, seeds: list[dict], semantic_threshold: float,
+             max_drop_fraction: float = 0.9) -> dict:
     folder = tmp / f"seeds-{name}"
     folder.mkdir(exist_ok=True)
     write_jsonl(folder / "seeds.jsonl", seeds)
     return {"name": name, "warehouse": str(tmp / "warehouse"),
             "stages": [{"kind": "seeds", "paths": [str(folder)]},
-                       {"kind": "dedup", "table": "tasks", "semantic_threshold": semantic_threshold}]}
+                       {"kind": "dedup", "table": "tasks", "semantic_threshold": semantic_threshold,
+                        "max_drop_fraction": max_drop_fraction}]}
 
 
 def rejects_of(wh, run_id: str) -> pl.DataFrame:
@@ -233,7 +320,7 @@ def test_stage_incremental_against_history_and_deterministic(tmp_path, minilm):
     assert set(by_id) == {ids2[RUN2[0]["instruction"]], ids2[a], ids2[b]}
     near = by_id[ids2[RUN2[0]["instruction"]]]
     assert near["reason"] == "near_duplicate" and near["related_id"] == ids1[RUN1[0]["instruction"]]
-    assert 0.45 <= near["similarity"] < 1 and "from run first" in near["detail"]
+    assert 0.82 <= near["similarity"] < 1 and "from run first" in near["detail"]
     exact = by_id[ids2[a]]
     assert exact["reason"] == "exact_duplicate" and exact["related_id"] == ids1[RUN1[2]["instruction"]]
     sem = by_id[ids2[b]]
@@ -273,6 +360,51 @@ def test_stage_incremental_against_history_and_deterministic(tmp_path, minilm):
     assert "2 duplicates" in res.output and "'exact': 1, 'near': 1" in res.output
 
 
+@pytest.mark.slow  # distils the static model from MiniLM once per machine (~3 minutes on 2 cores)
+def test_stage_two_step_embedder_flags_with_static_and_decides_with_minilm(tmp_path: Path, minilm):
+    """`embedder: minilm-two-step`: every new text gets a static embedding, only the flagged ones a
+    MiniLM embedding, and MiniLM's cosine is what the reject records."""
+    seeds = RUN1 + RUN2
+    a, b = RUN2[1]["instruction"], RUN2[2]["instruction"]
+    va = minilm.encode([a + "\n", b + "\n"])
+    thr = round(float(va[0] @ va[1]) - 0.02, 4)
+    cfg = pipeline(tmp_path, "two-step", seeds, thr)
+    cfg["stages"][1].update(embedder="minilm-two-step", candidate_threshold=0.5)
+    done = run_pipeline(parse_pipeline(cfg), show_progress=False)
+    wh = done.warehouse
+    sem = rejects_of(wh, done.run_id).filter(pl.col("reason") == "semantic_duplicate")
+    assert sem.height == 1 and sem["similarity"][0] >= thr
+    models = dict(wh.query("SELECT model_id, count(*) AS n FROM embeddings GROUP BY ALL").iter_rows())
+    static = [m for m in models if m.startswith("model2vec/")]
+    assert len(static) == 1 and models[static[0]] == 5  # every survivor of exact + near
+    assert 2 <= models["sentence-transformers/all-MiniLM-L6-v2"] < 5  # only the flagged ones
+
+
+def test_stage_guard_stops_before_writing_when_most_records_would_go(tmp_path: Path):
+    """Copies of one task make up a quarter of the run: above a 0.2 guard the stage stops, names the
+    figure, the largest cluster and the setting, and writes nothing; with a looser guard it goes through."""
+    texts, groups = templated()
+    bases = [t for i, t in enumerate(texts) if i == groups.index(groups[i])][:9]
+    copies = [bases[0].replace("short", "brief"), bases[0].replace("quiz", "quizz"),
+              bases[0].replace("three", "the three")]
+    assert all(jaccard(c, bases[0], MinHashParams()) >= 0.82 for c in copies)
+    cfg = pipeline(tmp_path, "guarded", [{"instruction": t} for t in bases + copies], 0.8, max_drop_fraction=0.2)
+    cfg["stages"][1]["methods"] = ["exact", "near"]
+    with pytest.raises(ValueError, match=r"would drop 3 of 12 records \(25\.0%\), more than max_drop_fraction=0\.2; "
+                       r"largest clusters: 4 records \(near\) around 'Write a short quiz on the water cycle"):
+        run_pipeline(parse_pipeline(cfg), show_progress=False)
+    from factory.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "warehouse")
+    assert wh.query("SELECT stage FROM stages WHERE status = 'done'")["stage"].to_list() == ["seeds"]
+    assert wh.query("SELECT count(*) AS n FROM rejects WHERE stage = 'dedup'")["n"][0] == 0
+    assert wh.query("SELECT count(*) AS n FROM tasks_kept")["n"][0] == 12  # nothing lost
+    cfg["stages"][1]["max_drop_fraction"] = 0.5
+    cfg["warehouse"] = str(tmp_path / "other")
+    done = run_pipeline(parse_pipeline(cfg), show_progress=False)
+    assert rejects_of(done.warehouse, done.run_id).height == 3
+
+
 def test_cli_dedups_a_published_release(tmp_path: Path):
     """`factory dedup --release` reads a release's sft rows (checksums verified) and reports duplicates."""
     rows = [{"instruction": "Name the largest planet in our solar system.", "output": "Jupiter is the largest."},
@@ -290,3 +422,51 @@ def test_cli_dedups_a_published_release(tmp_path: Path):
     missing = subprocess.run([sys.executable, "-m", "factory.cli", "dedup", "--release", "nope@1.0.0", "-w",
                               str(wh_dir)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert missing.returncode == 1 and "no release named 'nope'" in missing.stderr
+
+
+# -- factory dedup FILE… --------------------------------------------------------------------------------
+
+def test_cli_dedups_files_without_a_warehouse(tmp_path: Path):
+    """JSONL and Parquet in, kept.parquet + dropped.parquet out (every readable row in exactly one),
+    unreadable rows kept with their raw text; a missing column and a missing file are one line each."""
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    base = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "n": i}) for i, t in enumerate([
+        base, base.replace("message", "mesage"), "Explain how vaccines train the immune system.",
+        "explain how vaccines train the immune system!"])) + "\n{not json\n")
+    parquet = tmp_path / "b.parquet"
+    pl.DataFrame({"text": [base.upper(), "List three reasons why people enjoy gardening."], "n": [10, 11]}
+                 ).write_parquet(parquet)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(app, ["dedup", str(jsonl), str(parquet), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "6 rows from 2 input(s), 3 duplicates {'exact': 2, 'near': 1, 'semantic': 0}" in res.output
+    kept, dropped = pl.read_parquet(out / "kept.parquet"), pl.read_parquet(out / "dropped.parquet")
+    assert sorted(kept["n"].to_list()) == [0, 2, 11]
+    assert sorted(dropped["n"].to_list()) == [1, 3, 10]
+    by_n = {r["n"]: r for r in dropped.iter_rows(named=True)}
+    assert by_n[1]["kind"] == "near" and by_n[1]["duplicate_of"] == f"{jsonl}:1"
+    assert by_n[1]["similarity"] == pytest.approx(jaccard(base, base.replace("message", "mesage"),
+                                                          MinHashParams()), abs=1e-6)
+    assert by_n[10]["kind"] == "exact" and by_n[10]["source_file"] == str(parquet)
+    unreadable = pl.read_parquet(out / "unreadable.parquet")
+    assert unreadable.select("source_line", "reason", "raw").rows() == [(5, "bad_json", "{not json")]
+
+    # an id column, and the default output folder next to the first file
+    res = runner.invoke(app, ["dedup", str(parquet), "--id-column", "n"])
+    assert res.exit_code == 0, res.output
+    assert pl.read_parquet(tmp_path / "b.parquet.dedup" / "kept.parquet").height == 2
+
+    res = runner.invoke(app, ["dedup", str(parquet), "--text-column", "body"])
+    assert res.exit_code == 1
+    assert f"error: {parquet}: no column 'body' (it has: text, n)" in res.output
+    res = runner.invoke(app, ["dedup", str(tmp_path / "nope.jsonl")])
+    assert res.exit_code == 1 and "nope.jsonl: no such file or folder" in res.output
+    res = runner.invoke(app, ["dedup", str(jsonl), "--max-drop-fraction", "0.3", "-o", str(tmp_path / "g")])
+    assert res.exit_code == 1 and "would drop 2 of 4 records (50.0%)" in res.output
+    assert not (tmp_path / "g").exists()

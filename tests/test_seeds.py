@@ -86,8 +86,8 @@ def test_seed_tasks_match_the_task_schema_and_carry_lineage(tmp_path: Path, seed
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("missing.jsonl", None, "no such seed file"),
-    ("seeds.txt", b"hello", "unknown seed format"),
+    ("missing.jsonl", None, "no such file or folder"),
+    ("seeds.txt", b"hello", "unknown format"),
     ("broken.parquet", b"PAR1 definitely not parquet", "cannot read Parquet"),
     ("empty_dir", "dir", "holds no .jsonl"),
 ])

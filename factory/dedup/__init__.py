@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from factory.dedup.exact import Normalization, exact_duplicates
-from factory.dedup.keep import groups_from_pairs, rank_records, sorted_unique, star_groups
+from factory.dedup.keep import rank_records, sorted_unique, star_groups
 from factory.dedup.minhash import (
     MinHashParams,
     candidates_banded,
@@ -63,7 +63,39 @@ class DedupSettings:
     normalization: Normalization = Normalization()
     minhash: MinHashParams = MinHashParams()
     semantic_threshold: float = 0.8
+    #: two-step semantic dedup: the cheap vectors flag rows with a neighbour at this cosine, the accurate
+    #: ones decide at ``semantic_threshold`` (used when ``dedup`` gets ``accurate_for``)
+    semantic_candidate_threshold: float = 0.7
     candidates: Literal["lsh", "banded"] = "lsh"  # datasketch MinHashLSH, or the same pairs via NumPy
+
+
+class TooManyDrops(ValueError):
+    """Dedup would drop more than the allowed share of the records: stop before anything is written."""
+
+
+def check_drop_fraction(result: DedupResult, records: pl.DataFrame, max_fraction: float, setting: str,
+                        thresholds: str) -> None:
+    """Raise :class:`TooManyDrops` (naming the figure, the largest clusters and the settings to change)
+    when ``result`` drops more than ``max_fraction`` of ``records`` (``id``, ``text``, ``fixed``)."""
+    total = records.filter(~pl.col("fixed")).height if "fixed" in records.columns else records.height
+    dropped = result.drops.height
+    if total == 0 or dropped / total <= max_fraction:
+        return
+    sizes = (result.clusters.group_by("cluster_id", "kind").agg(
+        pl.len().alias("size"), pl.col("record_id").filter(pl.col("kept")).first().alias("keeper"))
+        .sort("size", "cluster_id", descending=[True, False]).head(3))
+    text = dict(zip(records["id"], records["text"], strict=True))
+    largest = "; ".join(f"{r['size']} records ({r['kind']}) around {_clip(text.get(r['keeper'], ''))!r}"
+                        for r in sizes.iter_rows(named=True)) or "none (the records are already held by other runs)"
+    raise TooManyDrops(
+        f"dedup would drop {dropped:,} of {total:,} records ({dropped / total:.1%}), more than "
+        f"{setting}={max_fraction}; largest clusters: {largest}. Nothing was written. If these are "
+        f"duplicates, raise {setting}; if not, raise the threshold ({thresholds}) or drop a method.")
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _prepare(df: pl.DataFrame) -> pl.DataFrame:
@@ -76,8 +108,11 @@ def _resolve(kind: str, ranked: pl.DataFrame, groups: pl.DataFrame,
     if groups.is_empty():
         return DedupResult()
     g = groups.join(ranked.select("id", "fixed", pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos")), on="id")
-    keepers = g.sort("_rank").group_by("group", maintain_order=True).agg(
-        pl.col("id").first().alias("keeper"), pl.col("_pos").first().alias("_kpos"))
+    if "keeper" in g.columns:  # star groups name their keeper
+        keepers = g.filter(pl.col("id") == pl.col("keeper")).select("group", pl.col("_pos").alias("_kpos"))
+    else:  # exact groups: the best-ranked member
+        keepers = g.sort("_rank").group_by("group", maintain_order=True).agg(
+            pl.col("id").first().alias("keeper"), pl.col("_pos").first().alias("_kpos"))
     g = g.join(keepers, on="group")
     g = g.filter((pl.col("id") == pl.col("keeper")) | ~pl.col("fixed"))  # history non-keepers: not ours
     has_drop = g.filter(pl.col("id") != pl.col("keeper"))["group"].unique()
@@ -106,7 +141,7 @@ def exact_dedup(df: pl.DataFrame, norm: Normalization | None = None) -> DedupRes
 
 def near_dedup(df: pl.DataFrame, params: MinHashParams | None = None, sigs: np.ndarray | None = None,
                candidates: Literal["lsh", "banded"] = "lsh") -> DedupResult:
-    """Drop records whose shingle Jaccard similarity to another (verified, not estimated) is >= threshold.
+    """Drop records whose shingle Jaccard similarity to a kept record (verified, not estimated) is >= threshold.
 
     ``sigs`` are the rows' MinHash signatures when already known (e.g. loaded from the warehouse).
     """
@@ -131,8 +166,11 @@ def near_dedup(df: pl.DataFrame, params: MinHashParams | None = None, sigs: np.n
     def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return jaccard_pairs(sets, np.searchsorted(involved, a), np.searchsorted(involved, b))
 
-    ok = jaccard(left, right) >= params.threshold
-    groups = groups_from_pairs(ranked["id"], ranked["_rank"], left[ok], right[ok])
+    sims = jaccard(left, right)
+    ok = sims >= params.threshold
+    # stars, not union-find: every drop is verified similar to the very record it is dropped for
+    groups = star_groups(ranked["id"], ranked["_rank"], left[ok], right[ok], sims[ok], ranked["fixed"].to_numpy(),
+                         ranked["_tier"])
     return _resolve("near", ranked, groups, jaccard)
 
 
@@ -166,7 +204,7 @@ def semantic_dedup(df: pl.DataFrame, vectors: np.ndarray, threshold: float = 0.8
         si, sj, sim = similar_pairs(accurate, threshold, first_query=int((sub < nfixed).sum()), block=block)
         i, j = sub[si], sub[sj]
     i, j = order[i], order[j]
-    groups = star_groups(ranked["id"], ranked["_rank"], i, j, sim)
+    groups = star_groups(ranked["id"], ranked["_rank"], i, j, sim, fixed, ranked["_tier"])
 
     def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", vectors[a].astype(np.float64), vectors[b].astype(np.float64))
@@ -176,12 +214,14 @@ def semantic_dedup(df: pl.DataFrame, vectors: np.ndarray, threshold: float = 0.8
 
 def dedup(df: pl.DataFrame, settings: DedupSettings = DedupSettings(),
           signatures_for: Callable[[pl.DataFrame], np.ndarray] | None = None,
-          vectors_for: Callable[[pl.DataFrame], np.ndarray] | None = None) -> DedupResult:
+          vectors_for: Callable[[pl.DataFrame], np.ndarray] | None = None,
+          accurate_for: Callable[[pl.DataFrame], np.ndarray] | None = None) -> DedupResult:
     """Exact, then near, then semantic dedup; each method sees only the survivors of the one before.
 
     ``signatures_for(frame)`` / ``vectors_for(frame)`` return MinHash signatures / normalised
     embeddings for a frame's rows (the stage serves them from the warehouse's cache); semantic dedup
-    needs ``vectors_for``.
+    needs ``vectors_for``. With ``accurate_for`` (a better, slower embedder), semantic dedup is two-step:
+    ``vectors_for`` only flags the rows with a close neighbour, and ``accurate_for`` embeds and decides.
     """
     ranked = _prepare(df)
     if settings.minhash.normalization == settings.normalization and "_norm" not in ranked.columns:
@@ -201,5 +241,8 @@ def dedup(df: pl.DataFrame, settings: DedupSettings = DedupSettings(),
     if settings.semantic and remaining.height > 1:
         if vectors_for is None:
             raise ValueError("semantic dedup needs embeddings: pass vectors_for")
-        remaining = drop(semantic_dedup(remaining, vectors_for(remaining), settings.semantic_threshold))
+        rows = remaining
+        verify = (lambda positions: accurate_for(rows[positions])) if accurate_for is not None else None
+        remaining = drop(semantic_dedup(rows, vectors_for(rows), settings.semantic_threshold, verify=verify,
+                                        candidate_threshold=settings.semantic_candidate_threshold))
     return DedupResult.concat(parts)

@@ -1,4 +1,4 @@
-"""Which record of a duplicate group survives, and union-find to turn similar pairs into groups.
+"""Which record of a duplicate group survives, and star grouping to turn similar pairs into groups.
 
 The keep rule is a total order, so the same input always keeps the same records: records already in
 the warehouse (``fixed``: other runs, published data) first, then the highest ``priority`` (e.g. a
@@ -46,6 +46,11 @@ def rank_records(df: pl.DataFrame) -> pl.DataFrame:
     desc.append(False)
     ranked = df.with_row_index("_pos").sort(keys, descending=desc, nulls_last=True)
     ranked = ranked.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_rank"))
+    # records equal on everything but their order share a tier: star grouping may prefer the most
+    # connected of them as keeper (see star_groups), never one of a worse tier
+    tier_keys = keys[:-1 - ("order" in df.columns)]
+    changed = pl.any_horizontal(pl.col(k).ne_missing(pl.col(k).shift(1)) for k in tier_keys)
+    ranked = ranked.with_columns((changed.fill_null(True).cum_sum().cast(pl.Int64) - 1).alias("_tier"))
     return ranked.sort("_pos").drop("_pos")
 
 
@@ -59,72 +64,51 @@ def resolve_groups(members: pl.DataFrame, similarity: pl.DataFrame | None = None
     return out.sort("group", "_rank")
 
 
-def union_find(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Connected components of ``n`` nodes joined by edges ``left[k]–right[k]``, vectorised.
-
-    A disjoint-set forest with union-by-smaller-label and full path compression, run on all edges at
-    once until no edge joins two roots. Returns each node's root (the smallest node of its component).
-    """
-    parent = np.arange(n, dtype=np.int64)
-    left = np.asarray(left, dtype=np.int64)
-    right = np.asarray(right, dtype=np.int64)
-    if left.size == 0:
-        return parent
-    while True:
-        pl_, pr = parent[left], parent[right]
-        differ = pl_ != pr
-        if not differ.any():
-            return parent
-        lo = np.minimum(pl_[differ], pr[differ])
-        hi = np.maximum(pl_[differ], pr[differ])
-        np.minimum.at(parent, hi, lo)  # union: hook the larger root under the smaller label
-        while True:  # path compression until every node points at its root
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-
-
-def groups_from_pairs(ids: pl.Series, ranks: pl.Series, left: np.ndarray, right: np.ndarray) -> Groups:
-    """Groups (``group, id, _rank``) of the records joined by the pairs (positions into ``ids``)."""
-    if len(left) == 0:
-        return pl.DataFrame(schema={"group": pl.Int64, "id": pl.String, "_rank": pl.Int64})
-    nodes = sorted_unique(np.concatenate([left, right]))
-    local = np.searchsorted(nodes, left), np.searchsorted(nodes, right)
-    roots = union_find(len(nodes), *local)
-    return pl.DataFrame({"group": nodes[roots].astype(np.int64), "id": ids.gather(nodes),
-                         "_rank": ranks.gather(nodes)})
-
-
-def star_groups(ids: pl.Series, ranks: pl.Series, left: np.ndarray, right: np.ndarray,
-                sim: np.ndarray) -> pl.DataFrame:
+def star_groups(ids: pl.Series, ranks: pl.Series, left: np.ndarray, right: np.ndarray, sim: np.ndarray,
+                fixed: np.ndarray | None = None, tiers: pl.Series | None = None) -> Groups:
     """Groups in which every dropped record is *directly* similar to its keeper (no chaining).
 
-    Records are visited best rank first; one with an already-kept neighbour is dropped as a duplicate
-    of its most similar kept neighbour, otherwise it is kept. Union-find would chain "clean the
-    windows" → "clean the shoes" → "clean the taxes" into one group through a shared template; this
-    keeps one record per neighbourhood, as SemDeDup does. Returns ``group, id, _rank`` (group = keeper).
+    Records are visited in keep order; one with an already-kept neighbour is dropped as a duplicate
+    of its most similar kept neighbour (ties: the better-ranked one), otherwise it is kept. ``fixed``
+    records (history) are always kept. Union-find would chain "clean the windows" → "clean the shoes"
+    → "clean the taxes" into one group through a shared template, and on templated text one group
+    swallows the corpus; this keeps one record per neighbourhood, as SemDeDup does.
+
+    With ``tiers`` (records equal on history and score share a tier), the most connected record of a
+    tier is visited first: the original that its copies each resemble, rather than the copy that
+    happened to come first, which would leave the other copies (not similar to it) behind.
+    Returns ``group, id, _rank, keeper`` (group = the keeper's position).
     """
     if len(left) == 0:
-        return pl.DataFrame(schema={"group": pl.Int64, "id": pl.String, "_rank": pl.Int64})
+        return pl.DataFrame(schema={"group": pl.Int64, "id": pl.String, "_rank": pl.Int64, "keeper": pl.String})
     rank = ranks.to_numpy()
-    src = np.concatenate([left, right])
-    dst = np.concatenate([right, left])
+    src = np.concatenate([left, right]).astype(np.int64)
+    dst = np.concatenate([right, left]).astype(np.int64)
     weight = np.concatenate([sim, sim])
-    order = np.lexsort((dst, src))
-    src, dst, weight = src[order], dst[order], weight[order]
+    # each node's neighbours, most similar first (then best rank): the first kept one is its keeper
+    order = np.lexsort((rank[dst], -weight, src))
+    src, dst = src[order], dst[order]
     nodes = sorted_unique(src)
     starts = np.searchsorted(src, nodes)
     ends = np.searchsorted(src, nodes, side="right")
-    span = dict(zip(nodes.tolist(), zip(starts.tolist(), ends.tolist(), strict=True), strict=True))
-    keeper_of: dict[int, int] = {}
-    for node in nodes[np.argsort(rank[nodes], kind="stable")].tolist():
-        s, e = span[node]
-        best, best_sim = -1, -np.inf
-        for nb, w in zip(dst[s:e].tolist(), weight[s:e].tolist(), strict=True):
-            if keeper_of.get(nb) == nb and (w > best_sim or (w == best_sim and rank[nb] < rank[best])):
-                best, best_sim = nb, w
-        keeper_of[node] = best if best >= 0 else node
-    members = np.fromiter(keeper_of.keys(), dtype=np.int64)
-    groups = np.fromiter(keeper_of.values(), dtype=np.int64)
-    return pl.DataFrame({"group": groups, "id": ids.gather(members), "_rank": ranks.gather(members)})
+    if tiers is None:
+        visit = np.argsort(rank[nodes], kind="stable")
+    else:
+        visit = np.lexsort((rank[nodes], -(ends - starts), tiers.to_numpy()[nodes]))
+    always = (np.zeros(len(nodes), dtype=bool) if fixed is None else np.asarray(fixed)[nodes])[visit]
+    neighbours = dst.tolist()
+    kept = bytearray(len(rank))
+    keeper = np.empty(len(nodes), dtype=np.int64)
+    for slot, node, s, e, pinned in zip(visit.tolist(), nodes[visit].tolist(), starts[visit].tolist(),
+                                        ends[visit].tolist(), always.tolist(), strict=True):
+        found = node
+        if not pinned:
+            for nb in neighbours[s:e]:
+                if kept[nb]:
+                    found = nb
+                    break
+        if found == node:
+            kept[node] = 1
+        keeper[slot] = found
+    return pl.DataFrame({"group": keeper, "id": ids.gather(nodes), "_rank": ranks.gather(nodes),
+                         "keeper": ids.gather(keeper)})

@@ -42,7 +42,7 @@ class MinHashParams:
     seed: int = 1
     shingle: Literal["char", "word"] = "char"
     n: int = 4  # char n-gram size in bytes (2–8); for "word", the largest word n-gram (1..n)
-    threshold: float = 0.45  # Jaccard similarity at and above which two texts are near duplicates
+    threshold: float = 0.82  # Jaccard similarity at and above which two texts are near duplicates
     normalization: Normalization = Normalization()
 
     def fingerprint(self) -> str:
@@ -59,9 +59,13 @@ class MinHashParams:
 
 @lru_cache(maxsize=8)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """Bands × rows from datasketch's optimiser, weighted against false negatives (0.95 vs 0.05): every
+    candidate is verified with its true Jaccard, so a false positive costs one comparison, while a
+    false negative is a duplicate that stays. With equal weights a pair at 0.85 was found 69% of the
+    time at threshold 0.8; with these, 99.4% (94.7% exactly at the threshold)."""
     from datasketch.lsh import _optimal_param
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return _optimal_param(threshold, num_perm, 0.05, 0.95)
 
 
 @lru_cache(maxsize=8)
