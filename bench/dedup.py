@@ -392,7 +392,7 @@ def part_near(n: int) -> dict:
             **quality(corpus, result.drops)}
 
 
-THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9]
+THRESHOLDS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.82, 0.85, 0.9]
 
 
 def part_thresholds(n_templated: int, n_diverse: int) -> dict:

@@ -12,6 +12,7 @@ from typing import Annotated
 import polars as pl
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from factory.backends.base import BackendUnavailable
@@ -24,14 +25,14 @@ app = typer.Typer(help="The dataset factory: self-evolving LLM training data.", 
 out = Console()
 if not out.is_terminal:  # piped or captured: don't fold tables to 80 columns
     out = Console(width=220)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 WarehouseOpt = Annotated[Path, typer.Option("--warehouse", "-w", envvar="FACTORY_WAREHOUSE",
                                             help="warehouse folder")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[key]" in a message is text, not markup
     return typer.Exit(code)
 
 
@@ -233,41 +234,62 @@ def schedule(pipeline: Path,
         err.print("scheduler stopped")
 
 
-class DedupTable(StrEnum):
-    samples = "samples"
-    tasks = "tasks"
+TABLES = ("samples", "tasks")
 
 
 @app.command()
-def dedup(table: Annotated[DedupTable, typer.Argument(help="samples or tasks")] = DedupTable.samples,
+def dedup(targets: Annotated[list[str] | None, typer.Argument(
+              help="samples or tasks (a warehouse table), or JSONL / CSV / Parquet files or folders")] = None,
           run_id: Annotated[str | None, typer.Option("--run", help="dedup this run's records against the rest "
                                                     "(default: all kept records against each other)")] = None,
           methods: Annotated[str, typer.Option(help="comma-separated: exact,near,semantic")] = "exact,near",
-          near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of shingle sets")] = 0.45,
+          near_threshold: Annotated[float, typer.Option(help="Jaccard similarity of character 4-gram sets")] = 0.82,
           semantic_threshold: Annotated[float, typer.Option(help="cosine similarity of embeddings")] = 0.8,
-          embedder: Annotated[str, typer.Option(help="minilm or minilm-static")] = "minilm",
+          embedder: Annotated[str, typer.Option(help="minilm, minilm-static or minilm-two-step")] = "minilm",
           release: Annotated[str | None, typer.Option(help="dedup a published release's sft records instead "
                                                       "(NAME@VERSION or NAME@latest)")] = None,
+          text_column: Annotated[list[str] | None, typer.Option(
+              "--text-column", help="files: the column(s) compared, joined by newlines (repeatable; default: "
+              "text, else the pipeline's fields)")] = None,
+          id_column: Annotated[str | None, typer.Option(help="files: a unique id column (default: file:line)")] = None,
+          pipeline: Annotated[Path | None, typer.Option(help="files: take fields and thresholds from this pipeline's "
+                                                        "dedup stage")] = None,
+          output: Annotated[Path | None, typer.Option("--output", "-o", help="files: where kept.parquet and "
+                                                      "dropped.parquet go (default: FILE.dedup/ next to the first)")]
+          = None,
+          max_drop_fraction: Annotated[float, typer.Option(help="files: refuse, writing nothing, above this share "
+                                                           "of dropped rows")] = 0.5,
           limit: Annotated[int, typer.Option(help="clusters to show")] = 20,
           warehouse: WarehouseOpt = Path("warehouse")) -> None:
-    """Report exact, near and semantic duplicates in a warehouse table or a release (read-only)."""
+    """Exact, near and semantic duplicates: a report on a warehouse table or a release (read-only), or
+    kept.parquet + dropped.parquet for plain files."""
     from pydantic import ValidationError
 
     from stages.dedup import DedupConfig, dedup_table
 
+    targets = targets or ["samples"]
+    is_table = len(targets) == 1 and targets[0] in TABLES and not Path(targets[0]).exists()
+    try:
+        cfg = DedupConfig(table=targets[0] if is_table else "samples",
+                          methods=[m.strip() for m in methods.split(",") if m.strip()],
+                          near_threshold=near_threshold, semantic_threshold=semantic_threshold, embedder=embedder,
+                          max_drop_fraction=max_drop_fraction)
+    except ValidationError as exc:
+        raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    if not is_table:
+        if release or run_id:
+            raise fail("--release and --run dedup warehouse records; drop them to dedup files")
+        _dedup_files([Path(t) for t in targets], cfg, text_column, id_column, pipeline, output, limit)
+        return
     wh = Warehouse(warehouse)
     if not wh.catalog_path.exists():
         raise fail(f"no warehouse at {wh.root} (run a pipeline first, or pass --warehouse)")
-    try:
-        cfg = DedupConfig(table=table.value, methods=[m.strip() for m in methods.split(",") if m.strip()],
-                          near_threshold=near_threshold, semantic_threshold=semantic_threshold, embedder=embedder)
-    except ValidationError as exc:
-        raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    table = targets[0]
     if release is not None:
         from factory import releases
         from stages.dedup import find_duplicates
 
-        if table is not DedupTable.samples or run_id:
+        if table != "samples" or run_id:
             raise fail("--release dedups the release's sft rows (samples); drop --run and the table argument")
         try:
             rows = releases.open(release, wh).to_polars("sft")
@@ -279,15 +301,171 @@ def dedup(table: Annotated[DedupTable, typer.Argument(help="samples or tasks")] 
         outcome = dedup_table(wh, cfg, run_id)
         scope = f"run {run_id} against the rest" if run_id else "all kept records"
     res = outcome.result
-    texts = outcome.records.select(pl.col("id").alias("record_id"), "text", "run_id")
-    out.print(f"{table.value}: {scope}: {outcome.records.filter(~pl.col('fixed')).height} records, "
-              f"{res.drops.height} duplicates {res.counts()}")
+    total = outcome.records.filter(~pl.col("fixed")).height
+    share = res.drops.height / total if total else 0.0
+    guard = (f" (over max_drop_fraction {cfg.max_drop_fraction}: the stage would stop)"
+             if share > cfg.max_drop_fraction else "")
+    out.print(f"{table}: {scope}: {total} records, {res.drops.height} duplicates {res.counts()}, "
+              f"{share:.1%} of the records{guard}")
+    _show_clusters(res, outcome.records.select(pl.col("id").alias("record_id"), "text", "run_id"), limit)
+
+
+def _show_clusters(res, texts: pl.DataFrame, limit: int) -> None:
     if res.clusters.height:
         shown = res.clusters.join(texts, on="record_id", how="left").sort("cluster_id", pl.col("kept").not_())
         first = shown["cluster_id"].unique(maintain_order=True).head(limit)
-        print_frame(shown.filter(pl.col("cluster_id").is_in(first.implode()))
-                    .select("cluster_id", "kind", "kept", "similarity", "record_id", "run_id", "text"), "clusters")
+        cols = [c for c in ("cluster_id", "kind", "kept", "similarity", "record_id", "run_id", "text")
+                if c in shown.columns]
+        print_frame(shown.filter(pl.col("cluster_id").is_in(first.implode())).select(cols), "clusters")
 
+
+def _dedup_files(paths: list[Path], cfg, text_column: list[str] | None, id_column: str | None,
+                 pipeline: Path | None, output: Path | None, limit: int) -> None:
+    """`factory dedup FILE…`: kept.parquet and dropped.parquet (+ unreadable.parquet) in one folder."""
+    from factory.dedup import TooManyDrops
+    from factory.dedup.files import dedup_files
+    from factory.input_files import InputFileError
+    from stages.dedup import DedupConfig
+
+    if pipeline is not None:
+        try:
+            stages = [s for s in load_pipeline(pipeline).stages if isinstance(s, DedupConfig)]
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        if not stages:
+            raise fail(f"{pipeline}: the pipeline has no dedup stage to take fields and thresholds from")
+        cfg = stages[0].model_copy(update={"max_drop_fraction": cfg.max_drop_fraction})
+        text_column = text_column or cfg.text_fields()
+    try:
+        found = dedup_files(paths, cfg.settings(), text_column or ["text"], id_column, cfg.max_drop_fraction,
+                            cfg.embedder)
+        written = found.write(output or paths[0].with_name(paths[0].name + ".dedup"))
+    except (InputFileError, TooManyDrops) as exc:
+        raise fail(str(exc)) from None
+    res = found.result
+    total = found.rows.height
+    out.print(f"{total} rows from {len(paths)} input(s), {res.drops.height} duplicates {res.counts()} "
+              f"({res.drops.height / max(total, 1):.1%}); kept {total - res.drops.height}"
+              + (f"; {found.unreadable.height} unreadable row(s)" if found.unreadable.height else ""))
+    for name, path in written.items():
+        out.print(f"  {name}: {path}")
+    _show_clusters(res, found.rows.select(pl.col("_id").alias("record_id"), pl.col("_text").alias("text")), limit)
+
+
+@app.command("eval")
+def eval_model(
+        model: Annotated[str, typer.Argument(help="embedded name, .gguf file, model folder, or a served model's name")],
+        against: Annotated[str | None, typer.Option(help="also evaluate this model (A) and compare MODEL (B) "
+                                                    "with it, paired, on the same items")] = None,
+        suites: Annotated[str, typer.Option(help="comma-separated: arithmetic,ifeval,nll")] = "arithmetic,ifeval,nll",
+        n: Annotated[str | None, typer.Option(help="items per suite: N for all, or e.g. arithmetic=300,ifeval=70 "
+                                              "(default: 100 arithmetic, 70 ifeval, 52 nll)")] = None,
+        seed: Annotated[int, typer.Option(help="which eval items (the suites are made from it)")] = 0,
+        max_tokens: Annotated[int | None, typer.Option(help="answer budget (default: 96 arithmetic, 192 ifeval)")]
+        = None,
+        temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+        backend: Annotated[str | None, typer.Option(help="backend kind: transformers, openai, vllm")] = None,
+        backend_config: Annotated[Path | None, typer.Option(help="YAML with backend options (or a pipeline "
+                                                            "file: its backend: section)")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="override the backend's batch size")] = None,
+        threads: Annotated[int | None, typer.Option(help="transformers: torch CPU threads (1 is faster on a "
+                                                    "machine busy with other work)")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+        warehouse: WarehouseOpt = Path("warehouse")) -> None:
+    """Evaluate MODEL on held-out suites (accuracy with 95% CIs); --against A adds a paired comparison."""
+    from pydantic import ValidationError
+
+    from factory.evaluation import EvalConfig, EvalError, compare_runs, evaluate, record_comparison, report
+    from factory.evaluation import backend_config as make_backend
+    from factory.evaluation.run import parse_sizes
+
+    try:
+        cfg = EvalConfig(suites=[s.strip() for s in suites.split(",") if s.strip()], seed=seed,
+                         max_tokens=max_tokens, temperature=temperature, **parse_sizes(n))
+        overrides = {"batch_size": batch_size, "threads": threads}
+        b_cfg = make_backend(model, backend, backend_config, overrides)
+        a_cfg = make_backend(against, backend, backend_config, overrides) if against else None
+        wh = Warehouse(warehouse)
+        a_res = evaluate(a_cfg, cfg, wh, show_progress=not quiet) if a_cfg else None
+        b_res = evaluate(b_cfg, cfg, wh, show_progress=not quiet)
+        comparison = compare_runs(wh, a_res.run_id, b_res.run_id, cfg.n_boot) if a_res else None
+        if comparison is not None:
+            record_comparison(wh, comparison)
+    except ValidationError as exc:
+        raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    except (EvalError, BackendUnavailable, ValueError, RuntimeError) as exc:
+        if os.environ.get("FACTORY_DEBUG"):
+            raise
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        sys.stdout.write(report.as_json(b_res, a_res, comparison) + "\n")
+    else:
+        report.show(out, b_res, a_res, comparison)
+
+
+@app.command()
+def decontam(source: Annotated[str, typer.Argument(help="a release NAME@VERSION, or a .jsonl / .parquet file")],
+             ngram: Annotated[int, typer.Option(help="n-gram length in words")] = 8,
+             warehouse: WarehouseOpt = Path("warehouse")) -> None:
+    """Check training data against the eval suites; exits 1 naming the overlapping rows if any."""
+    from factory.evaluation.decontam import ContaminationError, assert_decontaminated, check_release
+    from factory.releases import ReleaseError
+
+    try:
+        if source.endswith((".jsonl", ".parquet")):
+            path = Path(source)
+            if not path.is_file():
+                raise fail(f"{path}: no such file")
+            try:
+                rows = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
+                raise fail(f"{path}: cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+            assert_decontaminated(rows, str(path), ngram)
+            checked = rows.height
+        else:
+            checked = check_release(source, Warehouse(warehouse), ngram)
+    except (ContaminationError, ReleaseError) as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{source}: {checked} rows, no overlap with the eval suites")
+
+
+from factory.training.command import train as _train  # noqa: E402 - imports nothing heavy; TRL loads on use
+
+app.command("train")(_train)
+
+
+
+@app.command()
+def evolve(pipeline: Path,
+           rounds: Annotated[int | None, typer.Option(help="rounds to run (default: the evolve: section's)")] = None,
+           warehouse: Annotated[Path | None, typer.Option("--warehouse", "-w", envvar="FACTORY_WAREHOUSE",
+                                                         help="override the pipeline's warehouse")] = None,
+           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False) -> None:
+    """Self-evolution: each round generates with model_r, publishes, trains model_r+1 and evaluates it
+    against model_r (paired), until the gain is no longer significant; resumes after a kill."""
+    from factory.evolve import EvolveError
+    from factory.evolve import evolve as run_evolve
+
+    try:
+        cfg = load_pipeline(pipeline)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if warehouse is not None:
+        cfg.warehouse = warehouse
+    try:
+        rows = run_evolve(cfg, rounds, show_progress=not quiet, log=lambda m: err.print(f"[bold]evolve:[/] {m}"))
+    except (EvolveError, BackendUnavailable, ValueError, RuntimeError) as exc:
+        if os.environ.get("FACTORY_DEBUG"):
+            raise
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    if not rows.is_empty():
+        print_frame(rows.select("round", "model_in", "model_out", "release", "sft_rows", "preference_rows",
+                                "gain_significant", "generate_s", "train_s", "eval_s", "wall_s"), "rounds")
+        wh = Warehouse(cfg.warehouse)
+        print_frame(wh.query("SELECT round, suite, metric, model_in_value, model_out_value, diff, diff_ci_low, "
+                             "diff_ci_high, p_mcnemar, significant FROM round_evals WHERE evolve_id = ? "
+                             "ORDER BY round, suite", [rows["evolve_id"][0]]), "paired: model_out − model_in")
 
 def main() -> None:
     app()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from factory.backends import registered_backends
 from factory.backends.base import BackendConfig
+from factory.evolve import EvolveConfig
 from factory.records import canonical_json
 from factory.stage import StageConfig, registered
 
@@ -28,6 +29,7 @@ class PipelineBase(BaseModel):
     round: int = Field(0, ge=0)
     backend: BackendConfig | None = None
     stages: list[StageConfig] = Field(min_length=1)
+    evolve: EvolveConfig | None = Field(None, description="rounds of generate → train → evaluate (factory evolve)")
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineBase:
@@ -52,7 +54,7 @@ class PipelineBase(BaseModel):
     def config_hash(self) -> str:
         """Hash of what defines the data (not where it is stored): run ids and sampling derive from it,
         so moving the warehouse or overriding it with ``--warehouse`` neither forks a run nor changes it."""
-        data = self.model_dump(mode="json", exclude={"warehouse"})
+        data = self.model_dump(mode="json", exclude={"warehouse", "evolve"})
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 

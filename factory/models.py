@@ -54,7 +54,9 @@ def minilm_path() -> Path:
 
 
 def resolve_llm(model: str) -> tuple[Path, str | None]:
-    """(folder, gguf_file) for transformers: the embedded name, a GGUF file, or a model folder."""
+    """(folder, gguf_file) for transformers: the embedded name, a GGUF file, a model folder, or the name of a
+    model `factory train` registered (``$FACTORY_WAREHOUSE``, else ``./warehouse``: ``models/NAME/`` or the
+    ``models`` table)."""
     if model == EMBEDDED_LLM:
         gguf = smollm2_gguf()
         return gguf.parent, gguf.name
@@ -63,9 +65,14 @@ def resolve_llm(model: str) -> tuple[Path, str | None]:
         return path.parent, path.name
     if path.is_dir():
         return path, None
+    from factory.training.registry import find_model_folder
+
+    found = find_model_folder(model)
+    if found is not None:
+        return found, None
     raise BackendUnavailable(
-        f"model {model!r} is neither {EMBEDDED_LLM!r}, a .gguf file nor a local model folder "
-        "(the default path never downloads weights)")
+        f"model {model!r} is neither {EMBEDDED_LLM!r}, a .gguf file, a local model folder nor a registered model "
+        "name (the default path never downloads weights)")
 
 
 def converted_dir(model: str) -> Path:

@@ -20,7 +20,11 @@ def _feature(t: pa.DataType) -> dict[str, Any]:
     """The `datasets` YAML form of one column type (as ``Features._to_yaml_list`` writes it)."""
     if pa.types.is_list(t):
         inner = _feature(t.value_type)
+        if set(inner) == {"struct"}:  # a list of records (chat messages): `list:` holds the fields directly
+            return {"list": inner["struct"]}
         return {"list": inner["dtype"]} if set(inner) == {"dtype"} else {"list": inner}
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **_feature(f.type)} for f in t]}
     names = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32", pa.float64(): "float64",
              pa.float32(): "float32", pa.bool_(): "bool", pa.binary(): "binary", pa.null(): "null"}
     if t not in names:

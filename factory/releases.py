@@ -45,6 +45,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
 import schemas
+from factory.conversations import PREFERENCE_MESSAGE_COLUMNS, SFT_MESSAGE_COLUMNS, preference_messages, sft_messages
 from factory.records import canonical_json, content_id
 from factory.release_card import SPLIT, CardError, card_body, card_metadata
 from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse, now
@@ -59,14 +60,18 @@ ROW_GROUP_ROWS = 100_000
 MAX_SHARD_ROWS = 250_000
 #: near-unique text and id columns: dictionary-encoding them only costs time (and pyarrow then gives up)
 UNIQUE_COLUMNS = frozenset({"instruction", "input", "output", "sample_id", "task_id", "parent_ids", "prompt", "chosen",
-                            "rejected", "pair_id", "chosen_id", "rejected_id", "score", "margin"})
+                            "rejected", "pair_id", "chosen_id", "rejected_id", "score", "margin",
+                            *SFT_MESSAGE_COLUMNS, *PREFERENCE_MESSAGE_COLUMNS})
 #: long free text: min/max statistics on it help no reader, and cost time to compute
-TEXT_COLUMNS = frozenset({"instruction", "input", "output", "prompt", "chosen", "rejected", "gen_params"})
+TEXT_COLUMNS = frozenset({"instruction", "input", "output", "prompt", "chosen", "rejected", "gen_params",
+                          *SFT_MESSAGE_COLUMNS, *PREFERENCE_MESSAGE_COLUMNS})
 
 SFT_COLUMNS = ["instruction", "input", "output", "sample_id", "task_id", "category", "source", "producer",
                "template_id", "gen_params", "round", "run_id", "parent_ids"]
 PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "pair_id", "task_id", "chosen_id", "rejected_id", "margin",
                       "rule", "producer", "round", "run_id"]
+# each config also carries its rows as chat turns (factory/conversations.py): sft `messages`; preference
+# `prompt_messages`, `chosen_messages`, `rejected_messages`
 
 _RELEASES_DDL = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -257,6 +262,8 @@ def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
                 pl.col("task_id").map_elements(lambda t: content_id("gold", t), return_dtype=pl.String)
                 .alias("sample_id"),
                 pl.concat_list(pl.col("task_id")).alias("parent_ids"))
+            if sft_parts:  # a gold answer a stage already wrote as a sample (spin_pairs' reference) is there once
+                g = g.filter(~pl.col("sample_id").is_in(sft_parts[0]["sample_id"].implode()))
             sft_parts.append(g.select(
                 *(_col(g, c) for c in SFT_COLUMNS if c not in ("round", "parent_ids")),
                 _col(g, "round", pl.Int64()), pl.col("parent_ids")).select(SFT_COLUMNS))
@@ -264,6 +271,7 @@ def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
     if sft.is_empty():
         raise ReleaseError(f"run(s) {', '.join(run_ids)} have no kept samples to publish "
                            "(set include_gold: true to publish seed answers)")
+    sft = sft_messages(sft)
 
     score_col = None
     score_values = None
@@ -296,7 +304,7 @@ def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
                 *(_col(p, c) for c in PREFERENCE_COLUMNS if c not in ("margin", "round")),
                 _col(p, "margin", pl.Float64()), _col(p, "round", pl.Int64())
             ).select(PREFERENCE_COLUMNS)
-            configs["preference"] = sort_by_id(configs["preference"], "pair_id")
+            configs["preference"] = sort_by_id(preference_messages(configs["preference"]), "pair_id")
 
     def distinct(df: pl.DataFrame, col: str) -> set[str]:
         return set(df[col].drop_nulls().unique().to_list()) if col in df.columns else set()
@@ -325,6 +333,8 @@ def _small_type(t: pa.DataType) -> pa.DataType:
         return pa.binary()
     if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_list(t):
         return pa.list_(_small_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _small_type(f.type)) for f in t])
     return t
 
 

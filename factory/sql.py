@@ -78,6 +78,9 @@ def open_readonly(wh: Warehouse, memory_limit: str | None = None) -> duckdb.Duck
     from factory.releases import add_sql_views  # releases, release_sft, release_preference (before lockdown)
 
     add_sql_views(con, wh)
+    from factory.training.registry import add_sql_views as add_model_views  # models (trained by `factory train`)
+
+    add_model_views(con, wh)
     _lock_down(con, str(wh.root), memory_limit or DEFAULT_MEMORY_LIMIT)
     return con
 

@@ -1,3 +1,15 @@
 """Built-in stages, one module each; importing this package registers them."""
 
-from stages import dedup, judge, publish, score, seeds, self_instruct, self_label  # noqa: F401
+from stages import (  # noqa: F401
+    backtranslate,
+    dedup,
+    evol_instruct,
+    judge,
+    publish,
+    rest_em,
+    score,
+    seeds,
+    self_instruct,
+    self_label,
+    spin_pairs,
+)

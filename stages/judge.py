@@ -11,6 +11,10 @@
   with ``fallback_to_heuristics``, ``judge_scores.trusted`` is false so the score stage ignores the judge.
 - **Pairwise** (optional, template ``judge/pairwise@1``): two answers to one task are compared in both
   orders; when both orders prefer the same answer it becomes a ``pairs`` record (chosen/rejected).
+- **Structured** (``structured: true``, the default): the same rubric asks for ``{"justification", "score"}``
+  (``judge/additive5-json@1``; pairwise ``{"reason", "winner": "A"|"B"}``) and decoding is held to that
+  schema (factory/structured.py), so a small model's verdict is read from a field instead of guessed from
+  prose. A verdict that still breaks the schema (cut at ``max_tokens``) is a parse failure, raw text kept.
 """
 
 from __future__ import annotations
@@ -18,19 +22,23 @@ from __future__ import annotations
 import random
 import re
 import statistics
+from functools import lru_cache
 from itertools import combinations
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from factory.backends.base import ChatRequest, GenParams
 from factory.context import StageContext
 from factory.records import content_id, derived_seed, frame, lineage, task_prompt
 from factory.stage import StageConfig, StageOutput, register
+from factory.structured import OutputConstraint
 
 ADDITIVE_TEMPLATE_ID = "judge/additive5@1"
 PAIRWISE_TEMPLATE_ID = "judge/pairwise@1"
+ADDITIVE_JSON_TEMPLATE_ID = "judge/additive5-json@1"
+PAIRWISE_JSON_TEMPLATE_ID = "judge/pairwise-json@1"
 
 ADDITIVE_TEMPLATE = """Review the user's question and the response below, using the additive 5-point scoring system.
 Start at 0 and add points:
@@ -55,6 +63,57 @@ Response A: {a}
 Response B: {b}
 
 Explain briefly in one sentence, then end with the line "Winner: A" or "Winner: B"."""
+
+# The structured judge asks for the same thing as JSON, and the decoder is held to the schema.
+ADDITIVE_JSON_TEMPLATE = ADDITIVE_TEMPLATE.rsplit("\n\n", 1)[0] + """
+
+Reply with a JSON object: {{"justification": "<one or two sentences>", "score": <0 to 5>}}"""
+
+PAIRWISE_JSON_TEMPLATE = PAIRWISE_TEMPLATE.rsplit("\n\n", 1)[0] + """
+
+Reply with a JSON object: {{"reason": "<one sentence>", "winner": "A" or "B"}}"""
+
+#: tokens of JSON around the free text of a structured verdict, and a conservative characters-per-token
+#: ratio: the text fields are bounded so that a verdict fits in ``max_tokens``. English runs ~4 characters
+#: a token, but SmolLM2 spends one token per digit: at 3, a justification quoting "100 degrees Celsius
+#: (212 degrees Fahrenheit)" was cut at 64 tokens, so 2
+JSON_OVERHEAD_TOKENS = 16
+CHARS_PER_TOKEN = 2
+
+
+def text_budget(max_tokens: int) -> int:
+    """Characters the free-text field of a structured verdict may use so the JSON closes in time."""
+    return max(16, (max_tokens - JSON_OVERHEAD_TOKENS) * CHARS_PER_TOKEN)
+
+
+@lru_cache(maxsize=64)
+def verdict_constraint(max_tokens: int) -> OutputConstraint:
+    """``{"justification": str, "score": 0..5}``, justification first so the model reasons before scoring."""
+    return OutputConstraint.from_schema({
+        "type": "object",
+        "properties": {"justification": {"type": "string", "maxLength": text_budget(max_tokens)},
+                       "score": {"type": "integer", "minimum": 0, "maximum": 5}},
+        "required": ["justification", "score"], "additionalProperties": False})
+
+
+@lru_cache(maxsize=64)
+def winner_constraint(max_tokens: int) -> OutputConstraint:
+    """``{"reason": str, "winner": "A" | "B"}`` for pairwise comparison."""
+    return OutputConstraint.from_schema({
+        "type": "object",
+        "properties": {"reason": {"type": "string", "maxLength": text_budget(max_tokens)},
+                       "winner": {"type": "string", "enum": ["A", "B"]}},
+        "required": ["reason", "winner"], "additionalProperties": False})
+
+
+def structured_score(text: str, constraint: OutputConstraint) -> float | None:
+    value = constraint.parse(text)
+    return None if value is None else float(value["score"])
+
+
+def structured_winner(text: str, constraint: OutputConstraint) -> str | None:
+    value = constraint.parse(text)
+    return None if value is None else value["winner"]
 
 # ---------------------------------------------------------------------------------------------------
 # Score parsing
@@ -172,14 +231,41 @@ class JudgeConfig(StageConfig):
     pairwise: bool = Field(False, description="compare answers to the same task in both orders (preference pairs)")
     max_pairs_per_task: int = Field(1, ge=1)
     max_samples: int | None = Field(None, ge=1, description="judge at most this many samples (cheap runs)")
+    structured: bool = Field(True, description="constrained JSON verdicts (score 0-5 + a bounded justification; "
+                             "winner A/B) instead of free text parsed with regexes")
 
     consumes = ("samples",)
     produces = ("judgments", "judge_scores", "pairs")
     uses_backend = True
 
+    @model_validator(mode="after")
+    def _verdict_fits(self) -> JudgeConfig:
+        if self.structured and self.params.max_tokens < JSON_OVERHEAD_TOKENS + 8:
+            raise ValueError(f"a structured judge needs params.max_tokens >= {JSON_OVERHEAD_TOKENS + 8} for its "
+                             f"JSON verdict (got {self.params.max_tokens})")
+        if self.params.constraint is not None:
+            raise ValueError("params.constraint is set by the judge itself (see `structured`); remove it")
+        verdict_constraint(self.params.max_tokens)  # compiles now, not after the model has loaded
+        return self
 
-def _request(content: str, params: GenParams, seed: int) -> ChatRequest:
-    return ChatRequest.of([{"role": "user", "content": content}], params.model_copy(update={"seed": seed}))
+    @property
+    def verdict(self) -> OutputConstraint | None:
+        return verdict_constraint(self.params.max_tokens) if self.structured else None
+
+    @property
+    def additive_template(self) -> tuple[str, str]:
+        """(template id, template text) of the additive rubric in the configured mode."""
+        return ((ADDITIVE_JSON_TEMPLATE_ID, ADDITIVE_JSON_TEMPLATE) if self.structured
+                else (ADDITIVE_TEMPLATE_ID, ADDITIVE_TEMPLATE))
+
+    def score_of(self, text: str) -> float | None:
+        verdict = self.verdict
+        return parse_score(text) if verdict is None else structured_score(text, verdict)
+
+
+def _request(content: str, params: GenParams, seed: int, constraint: OutputConstraint | None = None) -> ChatRequest:
+    return ChatRequest.of([{"role": "user", "content": content}],
+                          params.model_copy(update={"seed": seed, "constraint": constraint}))
 
 
 def _judgment(ctx: StageContext, *, kind: str, target_ids: list[str], task_id: str | None, model: str,
@@ -196,22 +282,23 @@ def _judgment(ctx: StageContext, *, kind: str, target_ids: list[str], task_id: s
 def run_calibration(ctx: StageContext, cfg: JudgeConfig) -> tuple[float, list[dict[str, Any]], int]:
     """Score the calibration set; returns (accuracy, judgment rows, parse failures)."""
     pairs = calibration_pairs(ctx.seed)[:cfg.calibration_size]
+    template_id, template = cfg.additive_template
     jobs = []
     for pair in pairs:
         for side in ("good", "bad"):
             for r in range(cfg.calibration_repeats):
                 seed = derived_seed(ctx.seed, "calibration", pair["pair_id"], side, r)
-                prompt = ADDITIVE_TEMPLATE.format(question=pair["question"], answer=pair[side])
-                jobs.append((pair, side, r, _request(prompt, cfg.params, seed)))
+                prompt = template.format(question=pair["question"], answer=pair[side])
+                jobs.append((pair, side, r, _request(prompt, cfg.params, seed, cfg.verdict)))
     outs = ctx.generate([j[3] for j in jobs], description="calibration")
     model = ctx.backend.model_id
     rows, scores = [], {}
     for (pair, side, r, req), out in zip(jobs, outs, strict=True):
-        score = parse_score(out.text)
+        score = cfg.score_of(out.text)
         scores.setdefault((pair["pair_id"], side), []).append(score)
         target = f"calibration:{pair['pair_id']}:{side}:{pair['corruption']}"
         rows.append(_judgment(ctx, kind="calibration", target_ids=[target], task_id=None, model=model,
-                              template_id=ADDITIVE_TEMPLATE_ID, repeat=r, raw=out.text, score=score,
+                              template_id=template_id, repeat=r, raw=out.text, score=score,
                               params=req.params))
     correct = 0
     for pair in pairs:
@@ -229,22 +316,25 @@ def run_pairwise(ctx: StageContext, cfg: JudgeConfig, samples: list[dict[str, An
     by_task: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         by_task.setdefault(s["task_id"], []).append(s)
+    constraint = winner_constraint(cfg.params.max_tokens) if cfg.structured else None
+    template_id, template = ((PAIRWISE_JSON_TEMPLATE_ID, PAIRWISE_JSON_TEMPLATE) if cfg.structured
+                             else (PAIRWISE_TEMPLATE_ID, PAIRWISE_TEMPLATE))
     jobs = []
     for task_id, group in by_task.items():
         for a, b in list(combinations(sorted(group, key=lambda s: s["sample_id"]), 2))[:cfg.max_pairs_per_task]:
             for order, (first, second) in enumerate(((a, b), (b, a))):
                 seed = derived_seed(ctx.seed, "pairwise", first["sample_id"], second["sample_id"])
-                prompt = PAIRWISE_TEMPLATE.format(question=task_prompt(a), a=first["output"], b=second["output"])
-                jobs.append((task_id, a, b, order, first, second, _request(prompt, cfg.params, seed)))
+                prompt = template.format(question=task_prompt(a), a=first["output"], b=second["output"])
+                jobs.append((task_id, a, b, order, first, second, _request(prompt, cfg.params, seed, constraint)))
     outs = ctx.generate([j[-1] for j in jobs], description="pairwise")
     model = ctx.backend.model_id if jobs else ""
     judgments, verdicts = [], {}
     for (task_id, a, b, order, first, second, req), out in zip(jobs, outs, strict=True):
-        winner = parse_winner(out.text)
+        winner = parse_winner(out.text) if constraint is None else structured_winner(out.text, constraint)
         won = None if winner is None else (first if winner == "A" else second)["sample_id"]
         verdicts.setdefault((task_id, a["sample_id"], b["sample_id"]), []).append(won)
         judgments.append(_judgment(ctx, kind="pairwise", target_ids=[first["sample_id"], second["sample_id"]],
-                                   task_id=task_id, model=model, template_id=PAIRWISE_TEMPLATE_ID, repeat=order,
+                                   task_id=task_id, model=model, template_id=template_id, repeat=order,
                                    raw=out.text, score=None if winner is None else float(winner == "A"),
                                    params=req.params))
     pairs = []
@@ -252,12 +342,12 @@ def run_pairwise(ctx: StageContext, cfg: JudgeConfig, samples: list[dict[str, An
         if len(won) == 2 and won[0] is not None and won[0] == won[1]:
             chosen, rejected = (a_id, b_id) if won[0] == a_id else (b_id, a_id)
             mc, mr = means.get(chosen), means.get(rejected)
-            pairs.append({"pair_id": content_id("pair", task_id, chosen, rejected, PAIRWISE_TEMPLATE_ID),
+            pairs.append({"pair_id": content_id("pair", task_id, chosen, rejected, template_id),
                           "task_id": task_id, "chosen_id": chosen, "rejected_id": rejected,
                           "margin": None if mc is None or mr is None else round(mc - mr, 4),
                           "rule": "pairwise-swap-agree",
                           **lineage(ctx, producer=model, parent_ids=[chosen, rejected],
-                                    template_id=PAIRWISE_TEMPLATE_ID, gen_params=cfg.params.model_dump())})
+                                    template_id=template_id, gen_params=cfg.params.model_dump())})
     return judgments, pairs
 
 
@@ -267,7 +357,8 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
     if cfg.max_samples is not None:
         samples = samples.head(cfg.max_samples)
     rows = samples.to_dicts()
-    metrics: dict[str, Any] = {"judge_template_id": ADDITIVE_TEMPLATE_ID, "k": cfg.k}
+    template_id, template = cfg.additive_template
+    metrics: dict[str, Any] = {"judge_template_id": template_id, "k": cfg.k, "structured": cfg.structured}
     judgments: list[dict[str, Any]] = []
 
     trusted = True
@@ -291,19 +382,19 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
 
     jobs = []
     for s in rows:
-        prompt = ADDITIVE_TEMPLATE.format(question=task_prompt(s), answer=s["output"])
+        prompt = template.format(question=task_prompt(s), answer=s["output"])
         for r in range(cfg.k):
             seed = derived_seed(ctx.seed, "judge", s["sample_id"], r)
-            jobs.append((s, r, _request(prompt, cfg.params, seed)))
+            jobs.append((s, r, _request(prompt, cfg.params, seed, cfg.verdict)))
     outs = ctx.generate([j[2] for j in jobs], description="judging")
     model = ctx.backend.model_id
     per_sample: dict[str, list[float]] = {s["sample_id"]: [] for s in rows}
     for (s, r, req), out in zip(jobs, outs, strict=True):
-        score = parse_score(out.text)
+        score = cfg.score_of(out.text)
         if score is not None:
             per_sample[s["sample_id"]].append(score)
         judgments.append(_judgment(ctx, kind="additive-5", target_ids=[s["sample_id"]], task_id=s["task_id"],
-                                   model=model, template_id=ADDITIVE_TEMPLATE_ID, repeat=r, raw=out.text,
+                                   model=model, template_id=template_id, repeat=r, raw=out.text,
                                    score=score, params=req.params))
     means = {sid: (statistics.fmean(v) if v else None) for sid, v in per_sample.items()}
     judge_scores = pl.DataFrame({
@@ -316,7 +407,7 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
         "judge_k": [cfg.k] * len(rows),
         "trusted": [trusted] * len(rows),
         "calibration_accuracy": [metrics.get("calibration_accuracy")] * len(rows),
-        "judge_template_id": [ADDITIVE_TEMPLATE_ID] * len(rows),
+        "judge_template_id": [template_id] * len(rows),
         "run_id": [ctx.run_id] * len(rows),
     }, schema_overrides={"judge_mean": pl.Float64, "judge_spread": pl.Float64, "calibration_accuracy": pl.Float64,
                          "sample_id": pl.String, "task_id": pl.String, "trusted": pl.Boolean,

@@ -23,6 +23,9 @@ class SelfLabelConfig(StageConfig):
     kind: Literal["self_label"] = "self_label"
     n: int = Field(1, ge=1, le=64, description="samples per task")
     sources: list[str] | None = Field(None, description="only label tasks of these sources (default: all)")
+    #: left out of dumps when None, so config hashes (and run ids) of pipelines without it are unchanged
+    max_tasks: int | None = Field(None, ge=1, description="label at most this many tasks (a seeded choice)",
+                                  exclude_if=lambda v: v is None)
     system_prompt: str | None = None
     params: GenParams = GenParams(max_tokens=192, temperature=0.7, top_p=0.95)
     echo_threshold: float = Field(0.9, gt=0, le=1, description="ROUGE-L to the instruction that counts as echo")
@@ -56,6 +59,8 @@ def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
     if cfg.sources is not None:
         tasks_df = tasks_df.filter(tasks_df["source"].is_in(cfg.sources))
     tasks = tasks_df.to_dicts()
+    if cfg.max_tasks is not None and len(tasks) > cfg.max_tasks:
+        tasks = sorted(tasks, key=lambda t: derived_seed(ctx.seed, "label-pick", t["task_id"]))[:cfg.max_tasks]
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     jobs: list[tuple[dict[str, Any], int, ChatRequest]] = []
     for task in tasks:

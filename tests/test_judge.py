@@ -107,7 +107,7 @@ def _ctx(warehouse, backend) -> StageContext:
 
 
 def test_oracle_judge_is_trusted(warehouse):
-    out = judge_run(_ctx(warehouse, ScriptedJudge(oracle)), JudgeConfig())
+    out = judge_run(_ctx(warehouse, ScriptedJudge(oracle)), JudgeConfig(structured=False))
     assert out.metrics["calibration_accuracy"] == 1.0 and out.metrics["trusted"]
     calib = out.tables["judgments"].filter(pl.col("kind") == "calibration")
     assert calib.height == 2 * len(CALIBRATION) and calib["parsed_ok"].all()
@@ -117,7 +117,7 @@ def test_oracle_judge_is_trusted(warehouse):
 @pytest.mark.parametrize("fallback", [True, False])
 def test_constant_judge_fails_calibration(warehouse, fallback: bool):
     out = judge_run(_ctx(warehouse, ScriptedJudge(lambda _: "Score: 3")),
-                    JudgeConfig(fallback_to_heuristics=fallback))
+                    JudgeConfig(fallback_to_heuristics=fallback, structured=False))
     assert out.metrics["calibration_accuracy"] == 0.0 and not out.metrics["calibration_passed"]
     assert out.metrics["trusted"] is (not fallback)
 
@@ -129,7 +129,7 @@ def test_pairwise_and_repeats_with_scripted_judge(tmp_path: Path):
            "backend": {"kind": "fake", "replies": ["Mars is a planet.", "Venus is a planet."]},
            "stages": [{"kind": "seeds", "paths": [str(seeds)]},
                       {"kind": "self_label", "n": 2, "params": {"max_tokens": 32}},
-                      {"kind": "judge", "k": 3, "calibrate": False, "pairwise": True},
+                      {"kind": "judge", "k": 3, "calibrate": False, "pairwise": True, "structured": False},
                       {"kind": "score"}]}
     # the fake backend answers every judge prompt with the next scripted reply: the two answers, which
     # the parser cannot read (parse failures), so no pair is made either
@@ -196,7 +196,7 @@ def test_pairwise_swap_agreement_makes_a_pair(warehouse):
 
     ctx = _ctx(warehouse, ScriptedJudge(prefers_mars))
     ctx.earlier_stages = ["label"]
-    out = judge_run(ctx, JudgeConfig(k=3, calibrate=False, pairwise=True))
+    out = judge_run(ctx, JudgeConfig(k=3, calibrate=False, pairwise=True, structured=False))
     pairs = out.tables["pairs"]
     mars = samples.filter(pl.col("output").str.contains("Mars"))["sample_id"][0]
     assert pairs.height == 1 and pairs["chosen_id"][0] == mars and pairs["margin"][0] == 4.0
@@ -207,5 +207,5 @@ def test_pairwise_swap_agreement_makes_a_pair(warehouse):
 
     ctx = _ctx(warehouse, ScriptedJudge(lambda p: "Winner: A" if "Response A:" in p else "Score: 3"))
     ctx.earlier_stages = ["label"]
-    out = judge_run(ctx, JudgeConfig(k=1, calibrate=False, pairwise=True))
+    out = judge_run(ctx, JudgeConfig(k=1, calibrate=False, pairwise=True, structured=False))
     assert out.tables["pairs"].height == 0 and out.metrics["pairwise_judgments"] == 2

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.records import canonical_json, content_id
 from factory.registry import Registry
+from factory.structured import OutputConstraint
 
 
 class GenParams(BaseModel):
@@ -20,6 +21,9 @@ class GenParams(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
+    #: structured generation (factory/structured.py); left out of dumps when None, so every cache key and
+    #: config hash made before it existed is unchanged
+    constraint: OutputConstraint | None = Field(None, exclude_if=lambda v: v is None)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ class FakeConfig(BackendConfig):
     model: str = "fake"
     #: replies cycled through in order; "{last}" is replaced by the last user message
     replies: list[str] = Field(default_factory=lambda: ["ok"])
+    #: replies by the last user message, ahead of ``replies`` (a scripted answer per question)
+    responses: dict[str, str] = Field(default_factory=dict)
 
 
 class FakeBackend:
@@ -22,12 +24,18 @@ class FakeBackend:
         self.model_id = config.model
         self.batch_size = config.batch_size
         self.replies = config.replies
+        self.responses = config.responses
         self.calls = 0
+        #: every request seen, so a test can check what reached the backend (an output constraint, say);
+        #: replies are *not* forced to satisfy a constraint: scripting a violating one tests the reject path
+        self.requests: list[ChatRequest] = []
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         out = []
+        self.requests.extend(requests)
         for req in requests:
-            reply = self.replies[self.calls % len(self.replies)].replace("{last}", req.messages[-1][1])
+            last = req.messages[-1][1]
+            reply = self.responses.get(last) or self.replies[self.calls % len(self.replies)].replace("{last}", last)
             self.calls += 1
             words = reply.split()
             truncated = len(words) > req.params.max_tokens

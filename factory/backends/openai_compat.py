@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import random
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import Field
 
 from factory.backends.base import BackendConfig, BackendUnavailable, ChatRequest, Completion, register_backend
+from factory.structured import OutputConstraint
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 60.0
@@ -35,6 +37,10 @@ class OpenAIConfig(BackendConfig):
     backoff_s: float = Field(0.5, ge=0)
     batch_size: int = Field(32, ge=1)
     send_seed: bool = True
+    structured_dialect: Literal["openai", "vllm", "llama_cpp_python"] = Field(
+        "openai", description="how output constraints are sent: openai = response_format json_schema (OpenAI, "
+        "vllm serve, llama.cpp's llama-server), vllm = that plus structured_outputs for regex/choices, "
+        "llama_cpp_python = response_format json_object with a schema, and a GBNF grammar for choices")
 
 
 class OpenAIBackend:
@@ -76,13 +82,30 @@ class OpenAIBackend:
             # nothing answered at all: a missing server is a setup problem, not a batch of bad answers
             raise BackendUnavailable(f"cannot reach {self.config.base_url} ({outs[0].error}); is the server "
                                      "running and is backend.base_url right?")
+        self._raise_if_constraints_ignored(requests, outs)
         return outs
+
+    def _raise_if_constraints_ignored(self, requests: Sequence[ChatRequest], outs: list[Completion]) -> None:
+        """Some servers accept a constraint field they do not implement and answer freely (llama-cpp-python's
+        server ignores response_format json_schema). Answers that *ended normally* yet all violate their
+        constraint are that, not bad luck: stop with a clear message rather than reject every answer."""
+        finished = [(r.params.constraint, o) for r, o in zip(requests, outs, strict=True)
+                    if r.params.constraint is not None and o.finish_reason == "stop" and o.error is None]
+        if len(finished) >= 2 and all(c.parse(o.text) is None for c, o in finished):
+            kinds = sorted({c.kind for c, _ in finished})
+            raise BackendUnavailable(
+                f"{self.config.base_url} ignored the {'/'.join(kinds)} output constraint sent as structured_dialect "
+                f"{self.config.structured_dialect!r}: all {len(finished)} answers that ended normally violate it "
+                f"(first: {finished[0][1].text[:80]!r}); set backend.structured_dialect to what the server supports "
+                "(openai, vllm, llama_cpp_python), or turn the stage's `structured` off")
 
     async def _call(self, client: httpx.AsyncClient, req: ChatRequest) -> Completion:
         body = {"model": self.model_id, "messages": req.message_dicts(), "max_tokens": req.params.max_tokens,
                 "temperature": req.params.temperature, "top_p": req.params.top_p}
         if self.config.send_seed:
             body["seed"] = req.params.seed
+        if req.params.constraint is not None:
+            body.update(constraint_body(req.params.constraint, self.config.structured_dialect))
         last_error = ""
         for attempt in range(self.config.max_retries + 1):
             wait = self.config.backoff_s * (2 ** attempt) * (0.5 + random.random())
@@ -101,6 +124,8 @@ class OpenAIBackend:
                         break
                 last_error = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redact, then cut
                 self._raise_for_setup(resp.status_code, last_error)
+                if req.params.constraint is not None and resp.status_code in (400, 422, 500):
+                    self._raise_for_constraint(req.params.constraint, resp)
                 if resp.status_code not in RETRY_STATUS:
                     break
                 wait = max(wait, _retry_after(resp))
@@ -124,6 +149,17 @@ class OpenAIBackend:
             raise BackendUnavailable(f"{self.config.base_url}/chat/completions or model {self.model_id!r} not "
                                      f"found (does backend.base_url end in /v1?): {self._redact(detail)}")
 
+    def _raise_for_constraint(self, constraint: OutputConstraint, resp: httpx.Response) -> None:
+        """A server that refuses the way a constraint was sent refuses it for every request: stop clearly."""
+        text = resp.text.lower()
+        if any(word in text for word in ("response_format", "json_schema", "schema", "grammar", "structured",
+                                         "guided", "regex", "choice")):
+            raise BackendUnavailable(
+                f"{self.config.base_url} refused the {constraint.kind} output constraint sent as "
+                f"structured_dialect {self.config.structured_dialect!r} (HTTP {resp.status_code}: "
+                f"{' '.join(self._redact(resp.text).split())[:200]}); set backend.structured_dialect to what the "
+                "server supports (openai, vllm, llama_cpp_python), or turn the stage's `structured` off")
+
     @staticmethod
     def _parse(data: dict) -> Completion:
         choice = data["choices"][0]
@@ -132,6 +168,26 @@ class OpenAIBackend:
         text = (choice.get("message") or {}).get("content") or ""
         return Completion(text.strip(), finish, int(usage.get("prompt_tokens") or 0),
                           int(usage.get("completion_tokens") or 0))
+
+
+def constraint_body(constraint: OutputConstraint, dialect: str) -> dict[str, Any]:
+    """The request fields that carry an output constraint in a server dialect; a ValueError (one line) for
+    a constraint the dialect cannot express."""
+    if constraint.kind == "json_schema":
+        if dialect == "llama_cpp_python":  # its server takes only "text" | "json_object" (+ schema)
+            return {"response_format": {"type": "json_object", "schema": constraint.schema_dict}}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "output", "schema": constraint.schema_dict}}}
+    if dialect == "vllm":
+        key = "regex" if constraint.kind == "regex" else "choice"
+        value = constraint.regex if constraint.kind == "regex" else list(constraint.choices or ())
+        return {"structured_outputs": {key: value}}
+    if dialect == "llama_cpp_python" and constraint.kind == "choices":
+        alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in constraint.choices or ())
+        return {"grammar": f"root ::= {alternatives}"}
+    raise ValueError(f"the openai backend cannot send a {constraint.kind} constraint with structured_dialect "
+                     f"{dialect!r}: use a json_schema constraint, or set backend.structured_dialect to 'vllm' "
+                     "(regex and choices) or 'llama_cpp_python' (choices)")
 
 
 def _retry_after(resp: httpx.Response) -> float:

@@ -37,6 +37,17 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._grammars = None  # llguidance's tokenizer view, built on the first constrained request
+
+    def _logits_processors(self, params: list[GenParams]) -> list:
+        """A grammar mask when any row of the batch carries an output constraint (factory/structured.py)."""
+        if all(p.constraint is None for p in params):
+            return []
+        from factory.backends.guided import GrammarCompiler
+
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, sorted(self._eos_ids()))
+        return [self._grammars.processor([p.constraint for p in params])]
 
     def prompt_text(self, request: ChatRequest) -> str:
         return self.tokenizer.apply_chat_template(request.message_dicts(), tokenize=False,
@@ -74,7 +85,7 @@ class TransformersBackend:
             else {"do_sample": False}
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=p.max_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                      **sampling)
+                                      logits_processor=self._logits_processors(params), **sampling)
         new = out[:, enc.input_ids.shape[1]:]
         eos = self._eos_ids()
         results = []

@@ -14,6 +14,7 @@ from factory.backends.base import (
     Completion,
     register_backend,
 )
+from factory.structured import OutputConstraint
 
 
 class VLLMConfig(BackendConfig):
@@ -44,9 +45,28 @@ class VLLMBackend:
                             gpu_memory_utilization=config.gpu_memory_utilization,
                             max_model_len=config.max_model_len, dtype=config.dtype, **config.engine_args)
 
+    @staticmethod
+    def _structured(constraint: OutputConstraint | None) -> Any:
+        """vLLM's own structured outputs (xgrammar or llguidance inside the engine), vLLM >= 0.12."""
+        if constraint is None:
+            return None
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:
+            raise BackendUnavailable("output constraints need vLLM >= 0.12 (StructuredOutputsParams): "
+                                     "pip install -U 'dataset-factory[vllm]', or turn the stage's `structured` off"
+                                     ) from None
+        if constraint.kind == "json_schema":
+            return StructuredOutputsParams(json=constraint.schema_dict, disable_any_whitespace=True)
+        if constraint.kind == "regex":
+            return StructuredOutputsParams(regex=constraint.regex)
+        return StructuredOutputsParams(choice=list(constraint.choices or ()))
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         params = [self._vllm.SamplingParams(max_tokens=r.params.max_tokens, temperature=r.params.temperature,
-                                            top_p=r.params.top_p, seed=r.params.seed) for r in requests]
+                                            top_p=r.params.top_p, seed=r.params.seed,
+                                            structured_outputs=self._structured(r.params.constraint))
+                  for r in requests]
         outputs = self.llm.chat([r.message_dicts() for r in requests], sampling_params=params, use_tqdm=False)
         results = []
         for out in outputs:

@@ -1,0 +1,58 @@
+"""Which backend answers the eval: the model argument, plus a YAML file and flags for everything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from factory.backends.base import BackendConfig
+from factory.evaluation.run import EvalError
+
+
+def backend_union() -> Any:
+    from factory.backends import registered_backends
+    from factory.config import _union
+
+    return _union([b.config for b in registered_backends().values()])
+
+
+def read_backend_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file holding backend options, either bare (``kind: openai …``) or as a ``backend:`` section
+    (so a pipeline file can be passed as it is)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalError(f"{path}: no such backend config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{path}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EvalError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if isinstance(data, dict) and isinstance(data.get("backend"), dict):
+        data = data["backend"]
+    if not isinstance(data, dict):
+        raise EvalError(f"{path}: expected a mapping of backend options (kind, model, batch_size…) or a "
+                        "`backend:` section")
+    return dict(data)
+
+
+def backend_config(model: str, kind: str | None = None, config_file: Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> BackendConfig:
+    """The backend for ``model``: options from ``config_file``, then ``kind`` and ``overrides``; the model
+    argument always wins. Defaults to the embedded transformers backend."""
+    data = read_backend_yaml(config_file) if config_file else {}
+    if kind:
+        data["kind"] = kind
+    data.setdefault("kind", "transformers")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data["model"] = model
+    source = str(config_file) if config_file else "backend"
+    try:
+        return TypeAdapter(backend_union()).validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'kind'}: {e['msg']}" for e in exc.errors())
+        raise EvalError(f"{source}: {problems}") from None
