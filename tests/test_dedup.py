@@ -115,7 +115,7 @@ def test_near_catches_small_edits_and_keeps_unrelated():
 
 def test_near_threshold_just_under_and_just_over():
     a = "Describe three ways to reduce food waste in a busy restaurant kitchen"
-    b = "Describe four simple ways to cut food waste in a busy school kitchen"
+    b = "Describe three ways to cut food waste in a busy restaurant kitchen"
     j = jaccard(a, b, MinHashParams())
     assert 0.2 < j < 0.9
     over = near_dedup(frame([a, b]), MinHashParams(threshold=round(j - 0.01, 4)))

@@ -75,7 +75,7 @@ def evolve_file(tmp_path: Path) -> Path:
     data = {
         "name": "tiny", "warehouse": str(tmp_path / "wh"), "seed": 0,
         "backend": {"kind": "transformers", "model": "smollm2-135m-instruct", "batch_size": 8},
-        "evolve": {"rounds": 1, "train": {"options": {"max_steps": 3, "batch_size": 2, "max_length": 96,
+        "evolve": {"rounds": 1, "patience": 5, "train": {"options": {"max_steps": 3, "batch_size": 2, "max_length": 96,
                                                       "save_steps": 1, "learning_rate": 1e-4}},
                    "eval": {"suites": ["arithmetic", "nll"], "n": 4}},
         "stages": [{"kind": "rest_em", "family": "arithmetic", "problems": 6, "k": 3, "rationalize": True,
@@ -133,3 +133,13 @@ def test_one_round_end_to_end_and_kill_between_training_and_eval_resumes(tmp_pat
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and wh.query("SELECT count(*) AS n FROM rounds")["n"][0] == 1
     assert pl.DataFrame(wh.query("SELECT * FROM round_evals")).height == 2
+
+    # one more round: model_1 (a name registered in this warehouse, not ./warehouse) generates round 1
+    more = subprocess.run([*cmd, "--rounds", "2"], cwd=ROOT, env={k: v for k, v in env.items()
+                                                                 if k != "FACTORY_WAREHOUSE"},
+                          capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stdout + more.stderr
+    second = wh.query("SELECT * FROM rounds WHERE round = 1").row(0, named=True)
+    assert second["model_in"] == row["model_out"] and second["release"] == "tiny-evolve@2.0.0"
+    produced = wh.query("SELECT DISTINCT producer, round FROM samples WHERE run_id = ?", [second["run_id"]])
+    assert produced.rows() == [(row["model_out"], 1)]
