@@ -91,19 +91,26 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> PipelineBase:
         raise ConfigError(format_errors(exc, source)) from None
 
 
-def load_pipeline(path: str | Path) -> PipelineBase:
-    """Read and validate a pipeline YAML file; relative paths in it are kept relative to the CWD."""
+def read_yaml(path: str | Path, error: type[Exception] = ConfigError, what: str = "file") -> Any:
+    """The YAML document in ``path``, or ``error`` with one line naming the file (and the line and
+    column of a syntax error). Shared by pipeline, backend and training config files."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such pipeline file") from None
+        raise error(f"{path}: no such {what}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_pipeline(data, str(path))
+        raise error(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_pipeline(path: str | Path) -> PipelineBase:
+    """Read and validate a pipeline YAML file; relative paths in it are kept relative to the CWD."""
+    return parse_pipeline(read_yaml(path, what="pipeline file"), str(path))

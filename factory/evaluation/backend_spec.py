@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from factory.backends.base import BackendConfig
@@ -22,16 +21,9 @@ def backend_union() -> Any:
 def read_backend_yaml(path: Path) -> dict[str, Any]:
     """A YAML file holding backend options, either bare (``kind: openai …``) or as a ``backend:`` section
     (so a pipeline file can be passed as it is)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalError(f"{path}: no such backend config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"{path}: cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EvalError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    from factory.config import read_yaml
+
+    data = read_yaml(path, EvalError, "backend config file")
     if isinstance(data, dict) and isinstance(data.get("backend"), dict):
         data = data["backend"]
     if not isinstance(data, dict):

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from factory.models import EMBEDDED_LLM
@@ -112,16 +111,9 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConf
     source = "train config"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainConfigError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TrainConfigError(f"{path}: cannot read: {exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise TrainConfigError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        from factory.config import read_yaml
+
+        loaded = read_yaml(path, TrainConfigError)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
