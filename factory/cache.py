@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from factory.backends.base import ChatRequest, Completion
+from factory.faults import guarded_cache
 from factory.records import canonical_json
 
 _DDL = """
@@ -25,6 +26,7 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 class CallCache:
+    @guarded_cache  # a damaged file or a full disk: one line naming the file (factory.faults)
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -33,6 +35,7 @@ class CallCache:
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_DDL)
 
+    @guarded_cache
     def get_many(self, model_id: str, requests: Sequence[ChatRequest]) -> dict[str, Completion]:
         keys = [r.cache_key(model_id) for r in requests]
         found: dict[str, Completion] = {}
@@ -45,12 +48,15 @@ class CallCache:
                 found[key] = Completion(text, finish, pt, ct, cached=True)
         return found
 
+    @guarded_cache
     def put_many(self, model_id: str, items: Iterable[tuple[ChatRequest, Completion]]) -> None:
-        """Store a finished batch in one transaction (errors are not cached: they are retried)."""
+        """Store a finished batch in one transaction. Failed calls are never stored (a rerun or
+        ``--retry-errors`` must reach the backend again): neither ``finish_reason == "error"`` nor any
+        completion carrying an error text, whatever its finish reason."""
         rows = [(req.cache_key(model_id), model_id,
                  canonical_json({"messages": req.messages, "params": req.params.model_dump()}),
                  c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, time.time())
-                for req, c in items if c.finish_reason != "error"]
+                for req, c in items if c.finish_reason != "error" and c.error is None]
         with self._con:
             self._con.execute("BEGIN")
             self._con.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)

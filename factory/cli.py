@@ -2,47 +2,70 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import polars as pl
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperGroup
 
+from factory import faults
 from factory.backends.base import BackendUnavailable
 from factory.config import ConfigError, load_pipeline
 from factory.sql import QueryError
+from factory.terminal import err, fail, out, print_frame
 from factory.warehouse import Warehouse
 
+
+class FactoryGroup(TyperGroup):
+    """The CLI's one error boundary: an exception that no command handled becomes one line and an exit code
+    (``factory.faults``); with ``factory --debug …`` (or FACTORY_DEBUG=1) it propagates with its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        saved = os.environ.get("FACTORY_DEBUG")
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort, BrokenPipeError):
+            raise  # click's and typer's own, and a closed pipe (`| head`), which typer ends quietly
+        except Exception as exc:
+            if os.environ.get("FACTORY_DEBUG"):
+                raise
+            message, code = faults.describe(exc)
+            raise fail(message, code) from None
+        finally:  # --debug holds for this invocation only (tests invoke the app many times in one process)
+            if saved is None:
+                os.environ.pop("FACTORY_DEBUG", None)
+            else:
+                os.environ["FACTORY_DEBUG"] = saved
+
+
 app = typer.Typer(help="The dataset factory: self-evolving LLM training data.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-out = Console()
-if not out.is_terminal:  # piped or captured: don't fold tables to 80 columns
-    out = Console(width=220)
-err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
+                  pretty_exceptions_enable=False, add_completion=False, cls=FactoryGroup)
 
 WarehouseOpt = Annotated[Path, typer.Option("--warehouse", "-w", envvar="FACTORY_WAREHOUSE",
                                             help="warehouse folder")]
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[key]" in a message is text, not markup
-    return typer.Exit(code)
+@app.callback()
+def _global_options(debug: Annotated[bool, typer.Option(
+        "--debug", help="show the Python traceback behind an error (before the command: factory --debug run …)")]
+        = False) -> None:
+    if debug:
+        os.environ["FACTORY_DEBUG"] = "1"
 
 
-def print_frame(df: pl.DataFrame, title: str | None = None, max_width: int = 60) -> None:
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for col in df.columns:
-        table.add_column(col, overflow="fold", max_width=max_width)
-    for row in df.iter_rows():
-        table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(table)
+def command_error(exc: Exception) -> Exception:
+    """What a command raises for an exception it caught: the exception itself under --debug; else one line,
+    an expected fault's (busy, damaged, disk full: ``factory.faults``) or the exception's type and message."""
+    if os.environ.get("FACTORY_DEBUG"):
+        return exc
+    message, code = faults.describe(exc)
+    return fail(f"{type(exc).__name__}: {exc}") if code == faults.EXIT_BUG else fail(message, code)
 
 
 def pipeline_of(path: Path, warehouse: Path | None = None):
@@ -71,18 +94,34 @@ def run(pipeline: Path,
         run_id: Annotated[str | None, typer.Option(help="run id (default: pipeline name + config hash)")] = None,
         warehouse: Annotated[Path | None, typer.Option("--warehouse", "-w", envvar="FACTORY_WAREHOUSE",
                                                       help="override the pipeline's warehouse")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False) -> None:
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+        retry_errors: Annotated[bool, typer.Option("--retry-errors", help="ask again the model calls that failed "
+                                                   "(model_error rejects) in finished stages, re-running them and "
+                                                   "the stages after them")] = False,
+        wait: Annotated[bool, typer.Option("--wait", help="if this run is already running in another process, "
+                                           "wait for it to finish instead of refusing")] = False) -> None:
     """Run (or resume) the pipeline described in PIPELINE.yaml."""
+    from factory.call_errors import ModelErrors
+    from factory.run_lock import RunBusy
     from factory.runner import run_pipeline
     from factory.summary import print_summary
 
     cfg = pipeline_of(pipeline, warehouse)
+    if run_id is not None:  # it names a folder: the rule of names (no '/', '..', capitals or 300 characters)
+        from factory.names import NAME_RULE, is_name, shown
+
+        if not is_name(run_id):
+            raise fail(f"--run-id {shown(run_id)} must be {NAME_RULE}")
     try:
-        result = run_pipeline(cfg, run_id=run_id, show_progress=not quiet)
-    except (BackendUnavailable, ValueError, RuntimeError) as exc:
+        result = run_pipeline(cfg, run_id=run_id, show_progress=not quiet, retry_errors=retry_errors, wait=wait)
+    except RunBusy as exc:  # "run X is already running (pid P on host H)…"
+        raise fail(str(exc)) from None
+    except ModelErrors as exc:  # already one line naming the stage, the count and the first error
         if os.environ.get("FACTORY_DEBUG"):
             raise
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(str(exc)) from None
+    except (BackendUnavailable, ValueError, RuntimeError) as exc:
+        raise command_error(exc) from None
     print_summary(result.warehouse, result.run_id, out)
 
 
@@ -93,18 +132,19 @@ def status(run_id: Annotated[str | None, typer.Argument(help="a run id; default:
     wh = Warehouse(warehouse)
     if not wh.catalog_path.exists():
         raise fail(f"no warehouse at {wh.root} (run a pipeline first, or pass --warehouse)")
-    wh.mark_dead_runs()
+    from factory.summary import shown_status, stage_table
+
+    # read-only throughout (no `mark_dead_runs`): status must work on a full disk and beside a running job
     if run_id is None:
         df = wh.query("""SELECT r.run_id, r.pipeline, r.status, r.round, r.started_at, r.finished_at,
                     count(s.stage) AS stages, sum(s.prompt_tokens + s.completion_tokens) AS tokens,
-                    round(sum(s.seconds), 1) AS seconds
+                    round(sum(s.seconds), 1) AS seconds, r.host, r.pid
                     FROM runs r LEFT JOIN stages s USING (run_id) GROUP BY ALL ORDER BY r.started_at""")
-        print_frame(df, "runs")
+        print_frame(shown_status(df), "runs")
         return
-    runs = wh.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    runs = shown_status(wh.query("SELECT * FROM runs WHERE run_id = ?", [run_id]))
     if runs.is_empty():
         raise fail(f"no run {run_id!r} in {wh.root} (see `factory status`)")
-    from factory.summary import stage_table
 
     r = runs.row(0, named=True)
     out.print(f"[bold]{run_id}[/] ({r['pipeline']}): {r['status']}" + (f" — {r['error']}" if r["error"] else ""))
@@ -120,32 +160,39 @@ class Format(StrEnum):
 
 @app.command()
 def sql(query: str,
-        format: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+        format: Annotated[Format, typer.Option("--format", "-f", help="csv: nested columns as JSON text")]
+        = Format.table,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="write to a file")] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, help="table: rows shown (the rest are counted)")]
+        = 1000,
         warehouse: WarehouseOpt = Path("warehouse")) -> None:
-    """Query everything in the warehouse (tasks, samples, rejects, runs, stages…) read-only."""
-    wh = Warehouse(warehouse)
-    try:
-        df = wh.query(query)
-    except QueryError as exc:
-        raise fail(str(exc)) from None
+    """Query everything in the warehouse (tasks, samples, rejects, runs, stages…) read-only.
+
+    The time and memory limits (FACTORY_SQL_TIMEOUT_S, FACTORY_SQL_MEMORY_LIMIT) cover fetching and
+    writing the result too; files are capped at FACTORY_SQL_MAX_OUTPUT (default 10GB)."""
+    from factory.sql import stream
+    from factory.sql_output import export, table_rows
+
     if format is Format.parquet and output is None:
         raise fail("--format parquet needs --output FILE")
-    if format is Format.table:
-        if output:
-            raise fail("--format table prints to the terminal; use csv, json or parquet with --output")
-        print_frame(df)
-        return
-    if format is Format.parquet:
-        df.write_parquet(output)
-    elif format is Format.csv:
-        text = df.write_csv()
-        output.write_text(text) if output else sys.stdout.write(text)
-    else:
-        text = json.dumps(df.to_dicts(), default=str, ensure_ascii=False, indent=1) + "\n"
-        output.write_text(text) if output else sys.stdout.write(text)
+    if format is Format.table and output:
+        raise fail("--format table prints to the terminal; use csv, json or parquet with --output")
+    wh = Warehouse(warehouse)
+    if not wh.catalog_path.is_file():  # never create one: a mistyped -w is an error, not a new warehouse
+        raise fail(f"no warehouse at {wh.root} (no catalog.duckdb there; check --warehouse / FACTORY_WAREHOUSE)")
+    try:
+        with stream(wh, query) as result:
+            if format is Format.table:
+                shown = table_rows(result, limit)  # at most `limit` rows: drawing them is bounded too
+                print_frame(shown.frame)
+                if shown.note():
+                    err.print(shown.note(), highlight=False)
+                return
+            rows = export(result, format.value, output, sys.stdout)
+    except QueryError as exc:
+        raise fail(str(exc)) from None
     if output:
-        err.print(f"wrote {df.height} rows to {output}")
+        err.print(f"wrote {rows} rows to {output}", highlight=False)
 
 
 @app.command()
@@ -166,6 +213,7 @@ def publish(run_ids: Annotated[list[str], typer.Argument(help="run id(s) whose k
     wh = Warehouse(warehouse)
     try:
         spec = ReleaseSpec(version=version, bump=bump, license=license, tags=tag or [], min_score=min_score)
+        faults.check_catalog(wh)  # a damaged catalog stops here, before anything is written
         result = publish_release(wh, name, run_ids, spec)
     except ValidationError as exc:
         raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
@@ -401,9 +449,7 @@ def eval_model(
     except ValidationError as exc:
         raise fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     except (EvalError, BackendUnavailable, ValueError, RuntimeError) as exc:
-        if os.environ.get("FACTORY_DEBUG"):
-            raise
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise command_error(exc) from None
     if as_json:
         sys.stdout.write(report.as_json(b_res, a_res, comparison) + "\n")
     else:
@@ -436,6 +482,54 @@ def decontam(source: Annotated[str, typer.Argument(help="a release NAME@VERSION,
     out.print(f"{source}: {checked} rows, no overlap with the eval suites")
 
 
+@app.command()
+def doctor(warehouse: WarehouseOpt = Path("warehouse")) -> None:
+    """Check every registered file and release against its sha256 (read-only); exit 1 if any is damaged."""
+    from factory.doctor import diagnose
+
+    wh = Warehouse(warehouse)
+    if not wh.catalog_path.exists():
+        raise fail(f"no warehouse at {wh.root} (run a pipeline first, or pass --warehouse)")
+    d = diagnose(wh)
+    for damage in d.damaged:
+        out.print(f"damaged: {damage.line()}", markup=False, highlight=False, soft_wrap=True)
+    for note in d.notes:
+        out.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    checked = f"checked {d.files_checked} registered file(s) and {d.releases_checked} release(s)"
+    if d.ok:
+        out.print(f"{checked}: all match their checksums", markup=False, highlight=False, soft_wrap=True)
+        return
+    out.print(f"{checked}: {len(d.damaged)} damaged; run `factory repair -w {wh.root}`", markup=False,
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def repair(warehouse: WarehouseOpt = Path("warehouse"),
+           cache: Annotated[bool, typer.Option("--cache", help="only check the call cache; a damaged one is moved "
+                                                "to quarantine/ and its calls are made again")] = False) -> None:
+    """Quarantine damaged files (to quarantine/), re-make the stages that produced them, restore release files."""
+    from factory.doctor import diagnose, repair_cache
+    from factory.doctor import repair as run_repair
+
+    wh = Warehouse(warehouse)
+    if not wh.catalog_path.exists():
+        raise fail(f"no warehouse at {wh.root} (run a pipeline first, or pass --warehouse)")
+    if cache:
+        out.print(repair_cache(wh), markup=False, highlight=False, soft_wrap=True)
+        return
+    result = run_repair(wh, log=lambda m: out.print(m, markup=False, highlight=False, soft_wrap=True))
+    for line in result.unresolved:
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+    left = diagnose(wh)
+    if result.unresolved or not left.ok:
+        raise typer.Exit(1)
+    out.print("repaired: " + (", ".join(f"run {r} ({', '.join(s)})" for r, s in result.rerun.items())
+                              or "nothing to re-make") + f"; {len(result.restored)} release file(s) restored; "
+              f"checked {left.files_checked} file(s) and {left.releases_checked} release(s): all match",
+              markup=False, highlight=False, soft_wrap=True)
+
+
 from factory.training.command import train as _train  # noqa: E402 - imports nothing heavy; TRL loads on use
 
 app.command("train")(_train)
@@ -457,9 +551,7 @@ def evolve(pipeline: Path,
     try:
         rows = run_evolve(cfg, rounds, show_progress=not quiet, log=lambda m: err.print(f"[bold]evolve:[/] {m}"))
     except (EvolveError, BackendUnavailable, ValueError, RuntimeError) as exc:
-        if os.environ.get("FACTORY_DEBUG"):
-            raise
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise command_error(exc) from None
     if not rows.is_empty():
         print_frame(rows.select("round", "model_in", "model_out", "release", "sft_rows", "preference_rows",
                                 "gain_significant", "generate_s", "train_s", "eval_s", "wall_s"), "rounds")
@@ -467,6 +559,31 @@ def evolve(pipeline: Path,
         print_frame(wh.query("SELECT round, suite, metric, model_in_value, model_out_value, diff, diff_ci_low, "
                              "diff_ci_high, p_mcnemar, significant FROM round_evals WHERE evolve_id = ? "
                              "ORDER BY round, suite", [rows["evolve_id"][0]]), "paired: model_out − model_in")
+
+
+@app.command()
+def report(run_id: Annotated[str | None, typer.Argument(help="a run id (default: the latest run)")] = None,
+           evolve: Annotated[str | None, typer.Option(help="an evolve run: its pipeline's name or evolve id")] = None,
+           release: Annotated[str | None, typer.Option(help="the runs behind a release, NAME@VERSION")] = None,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="the HTML file (default: "
+                                                       "WAREHOUSE/reports/NAME.html)")] = None,
+           usd_per_mtok: Annotated[float | None, typer.Option(help="price per 1M tokens, for a cost per kept "
+                                                              "sample in dollars")] = None,
+           png: Annotated[Path | None, typer.Option(help="also save a screenshot of the page's top (headless "
+                                                    "chromium)")] = None,
+           warehouse: WarehouseOpt = Path("warehouse")) -> None:
+    """One self-contained HTML page (works offline) about a run, an evolve run or a release."""
+    from factory.report import ReportError, chromium, write_report
+
+    try:
+        path = write_report(Warehouse(warehouse), output, run_id=run_id, evolve=evolve, release=release,
+                            usd_per_mtok=usd_per_mtok)
+        out.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)
+        if png is not None:
+            out.print(f"screenshot: {chromium.screenshot(path, png)}", markup=False, highlight=False, soft_wrap=True)
+    except (ReportError, chromium.ChromiumMissing, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+
 
 def main() -> None:
     app()

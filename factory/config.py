@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -12,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from factory.backends import registered_backends
 from factory.backends.base import BackendConfig
 from factory.evolve import EvolveConfig
+from factory.executors import registered_executors
+from factory.executors.base import ExecutorConfig
+from factory.executors.local import LocalExecutorConfig
+from factory.names import Name
 from factory.records import canonical_json
+from factory.safe_yaml import YamlLimitError, read_text_capped
+from factory.safe_yaml import load as load_yaml
 from factory.stage import StageConfig, registered
 
 
@@ -22,7 +29,7 @@ class ConfigError(ValueError):
 
 class PipelineBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name
     description: str = ""
     warehouse: Path = Path("warehouse")
     seed: int = 0
@@ -30,6 +37,8 @@ class PipelineBase(BaseModel):
     backend: BackendConfig | None = None
     stages: list[StageConfig] = Field(min_length=1)
     evolve: EvolveConfig | None = Field(None, description="rounds of generate → train → evaluate (factory evolve)")
+    #: where map stages run (factory/executors/): not part of the data, so left out of the config hash
+    executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig, description="local | ray")
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineBase:
@@ -54,7 +63,8 @@ class PipelineBase(BaseModel):
     def config_hash(self) -> str:
         """Hash of what defines the data (not where it is stored): run ids and sampling derive from it,
         so moving the warehouse or overriding it with ``--warehouse`` neither forks a run nor changes it."""
-        data = self.model_dump(mode="json", exclude={"warehouse", "evolve"})
+        data = self.model_dump(mode="json", exclude={"warehouse": True, "evolve": True, "executor": True,
+                                                     "backend": {"max_error_fraction": True}})
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
@@ -66,8 +76,10 @@ def pipeline_model() -> type[PipelineBase]:
     """The pipeline model with every registered stage and backend in its discriminated unions."""
     stage_union = _union([s.config for s in registered().values()])
     backend_union = _union([b.config for b in registered_backends().values()])
+    executor_union = _union([e.config for e in registered_executors().values()])
     return create_model("PipelineConfig", __base__=PipelineBase,
                         backend=(backend_union | None, None),
+                        executor=(executor_union, Field(default_factory=LocalExecutorConfig)),
                         stages=(list[stage_union], Field(min_length=1)))
 
 
@@ -82,11 +94,13 @@ def format_errors(exc: ValidationError, source: str) -> str:
 
 
 def parse_pipeline(data: Any, source: str = "<pipeline>") -> PipelineBase:
+    """Validate strictly, as the JSON the YAML stands for: ``seed: true`` or ``n: "3"`` is an error, not 1 or 3
+    (JSON mode still reads paths, enums and dates from strings)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with `name`, `backend` and `stages`, got "
                           f"{type(data).__name__}")
     try:
-        return pipeline_model().model_validate(data)
+        return pipeline_model().model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc, source)) from None
 
@@ -96,15 +110,16 @@ def read_yaml(path: str | Path, error: type[Exception] = ConfigError, what: str 
     column of a syntax error). Shared by pipeline, backend and training config files."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_capped(path).decode("utf-8")
+        return load_yaml(text)
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        return yaml.safe_load(text)
+    except YamlLimitError as exc:
+        raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from factory.backends.base import Backend, ChatRequest, Completion
 from factory.cache import CallCache
+from factory.call_errors import DEFAULT_MAX_ERROR_FRACTION, ErrorTally
+from factory.call_log import CallLog
 from factory.warehouse import Warehouse
 
 console = Console(stderr=True)
@@ -40,7 +42,15 @@ class StageContext:
     cache: CallCache | None = None
     show_progress: bool = True
     usage: Usage = field(default_factory=Usage)
+    #: backend.max_error_fraction: the share of failed calls that stops the stage (factory/call_errors.py)
+    max_error_fraction: float = DEFAULT_MAX_ERROR_FRACTION
+    errors: ErrorTally = field(init=False)
+    #: one row per request of ``generate`` (the ``calls`` table), taken by whoever commits the stage or shard
+    call_log: CallLog = field(default_factory=CallLog)
     _backend: Backend | None = None
+
+    def __post_init__(self) -> None:
+        self.errors = ErrorTally(self.stage_name, self.max_error_fraction)
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -65,10 +75,12 @@ class StageContext:
 
     def generate(self, requests: Sequence[ChatRequest], description: str = "generating") -> list[Completion]:
         """Answer every request, cheapest first: cached calls are free, the rest go to the backend in
-        length-sorted batches, and each finished batch is committed to the cache (the checkpoint)."""
+        length-sorted batches, and each finished batch is committed to the cache (the checkpoint). A stage
+        whose calls mostly fail stops here with ``ModelErrors`` (its answers so far stay cached)."""
         import time
 
         results: list[Completion | None] = [None] * len(requests)
+        latency: list[float | None] = [None] * len(requests)  # of the batch that answered; None: cached
         model_id = self.backend.model_id
         hits = self.cache.get_many(model_id, requests) if self.cache is not None else {}
         todo: list[int] = []
@@ -79,6 +91,7 @@ class StageContext:
             else:
                 todo.append(i)
         self.usage.cached_calls += len(requests) - len(todo)
+        self.errors.add(r for r in results if r is not None)  # cached answers count (errors are never cached)
         todo.sort(key=lambda i: requests[i].approx_length)  # neighbours in a batch pad little
         size = max(1, self.backend.batch_size)
         with self.progress(description, total=len(requests)) as advance:
@@ -87,16 +100,23 @@ class StageContext:
                 chunk = todo[start:start + size]
                 began = time.perf_counter()
                 outs = self.backend.generate([requests[i] for i in chunk])
-                self.usage.generate_seconds += time.perf_counter() - began
+                seconds = time.perf_counter() - began
+                self.usage.generate_seconds += seconds
                 for i, out in zip(chunk, outs, strict=True):
                     results[i] = out
+                    latency[i] = seconds
                     self.usage.calls += 1
                     self.usage.prompt_tokens += out.prompt_tokens
                     self.usage.completion_tokens += out.completion_tokens
                 if self.cache is not None:
                     self.cache.put_many(model_id, [(requests[i], results[i]) for i in chunk])
                 advance(len(chunk))
-        return [r for r in results if r is not None]
+                self.errors.add(outs)
+                self.errors.check(final=start + size >= len(todo))
+        done = [r for r in results if r is not None]
+        for req, out, seconds in zip(requests, done, latency, strict=True):
+            self.call_log.add(self, model_id, req, out, seconds)
+        return done
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -114,3 +134,10 @@ class StageContext:
     def log(self, message: str, **_: Any) -> None:
         if self.show_progress:
             console.print(f"[dim]{self.stage_name}:[/] {message}")
+
+    def warn(self, message: str) -> None:
+        """One line on stderr that shows even with progress off (``--quiet``): something the user must know."""
+        from rich.markup import escape
+
+        console.print(f"[bold yellow]warning:[/] {self.stage_name}: {escape(message)}", highlight=False,
+                      soft_wrap=True)

@@ -7,9 +7,11 @@ only a file that cannot be read at all raises :class:`InputFileError`.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,10 @@ Row = tuple[int, dict[str, Any] | None, str, str | None]  # (line, row or None, 
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):  # editors on Windows add one; it is not part of the first row
+        data = data[len(codecs.BOM_UTF8):]
+    for line_no, raw in enumerate(data.splitlines(), start=1):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -66,23 +71,40 @@ def read_jsonl(path: Path) -> Iterator[Row]:
 
 
 def read_csv(path: Path) -> Iterator[Row]:
+    """Rows by header; a row with more or fewer fields than the header is a reject, never padded or cut.
+
+    An empty file has no rows (the caller warns); blank lines are skipped, as CSV readers do.
+    """
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise InputFileError(f"{path}: CSV file has no header row")
+    lines = io.StringIO(text, newline="").readlines()  # split exactly as the csv module counts lines
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise InputFileError(f"{path}: cannot read the CSV header: {exc}") from None
     prev = reader.line_num
-    for row in reader:
-        line_no = prev + 1
-        prev = reader.line_num
-        raw = json.dumps(row, ensure_ascii=False, default=str)
-        values = [v for v in row.values() if isinstance(v, str)]
-        if any(_has_surrogates(v) for v in values):
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a NUL byte or an unclosed quote: the rest of the file is unreadable
+            raise InputFileError(f"{path}: line {prev + 1}: {exc}") from None
+        line_no, raw, prev = prev + 1, "".join(lines[prev:reader.line_num]).rstrip("\r\n"), reader.line_num
+        if not fields:
+            continue
+        if _has_surrogates(raw):
             yield line_no, None, raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), \
                 "bad_encoding: not UTF-8"
-        elif not any(v.strip() for v in values):
+        elif not any(v.strip() for v in fields):
             yield line_no, None, raw, "empty_line: blank row"
+        elif len(fields) != len(header):
+            yield line_no, None, raw, (f"wrong_field_count: {len(fields)} fields where the header has "
+                                       f"{len(header)}")
         else:
-            yield line_no, row, raw, None
+            yield line_no, dict(zip(header, fields, strict=True)), raw, None
 
 
 def _has_surrogates(text: str) -> bool:
@@ -104,7 +126,22 @@ def read_parquet(path: Path) -> Iterator[Row]:
 
 READERS = {"jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet}
 
+#: characters no text field should hold: C0/C1 controls and DEL, except tab, newline and carriage return
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: default cap on one text field (a seed instruction or answer is a paragraph, not a book)
+MAX_CHARS = 20_000
 
+
+def text_problem(field: str, value: str, max_chars: int = MAX_CHARS) -> str | None:
+    """Why a text field cannot be used (``reason: detail``), or None. Control characters are refused,
+    not stripped: a NUL or escape code in a prompt is a sign of a broken export, and the raw row is kept."""
+    if len(value) > max_chars:
+        return f"too_long: field '{field}' has {len(value):,} characters (max_chars is {max_chars:,})"
+    bad = CONTROL_CHARS.search(value)
+    if bad:
+        return (f"control_characters: field '{field}' holds U+{ord(bad.group()):04X} at character {bad.start() + 1} "
+                "(of the control characters only tab, newline and CR are allowed)")
+    return None
 
 
 def read_rows(path: Path) -> list[Row]:

@@ -1,9 +1,14 @@
-"""Implementations registered by ``kind``: stages and backends alike, so adding one touches one file."""
+"""Implementations registered by ``kind``: stages, backends and executors alike, found one way (every module
+of their package, plus the ``dataset_factory.NOUNs`` entry points of installed plugins), so adding one is one
+new file."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -22,6 +27,20 @@ class Registry(Generic[F]):
     def __init__(self, noun: str):
         self.noun = noun
         self.entries: dict[str, Entry[F]] = {}
+        self._discovered = False
+
+    def discover(self, package: str) -> Mapping[str, Entry[F]]:
+        """Import every module of ``package`` and every plugin module named by an entry point in the group
+        ``dataset_factory.<noun>s`` (``[project.entry-points."dataset_factory.stages"] mine = "my_pkg.stage"``);
+        importing a module is what registers its kinds."""
+        if not self._discovered:
+            root = importlib.import_module(package)
+            for info in pkgutil.iter_modules(root.__path__, f"{package}."):
+                importlib.import_module(info.name)
+            for ep in entry_points(group=f"dataset_factory.{self.noun}s"):
+                importlib.import_module(ep.value.split(":")[0])
+            self._discovered = True
+        return self.entries
 
     def register(self, config: type[BaseModel]) -> Callable[[F], F]:
         """Decorator: register ``fn`` under ``config``'s ``kind`` (a ``Literal`` field with a default)."""

@@ -28,10 +28,12 @@ import math
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,12 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import schemas
 from factory.conversations import PREFERENCE_MESSAGE_COLUMNS, SFT_MESSAGE_COLUMNS, preference_messages, sft_messages
+from factory.names import NAME_RE, NAME_RULE, VERSION_RE, VERSION_RULE, Version, is_version, shown
 from factory.records import canonical_json, content_id
 from factory.release_card import SPLIT, CardError, card_body, card_metadata
 from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse, now
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 FIRST_VERSION = "1.0.0"
 TMP_PREFIX = ".tmp-"
 #: shard size, as in ``datasets.push_to_hub``'s default: big enough for few files, small enough to stream
@@ -97,7 +98,7 @@ class ReleaseSpec(BaseModel):
     """What to publish and how to label it (shared by the ``publish`` stage and ``factory publish``)."""
 
     model_config = ConfigDict(extra="forbid")
-    version: str | None = Field(None, pattern=VERSION_RE.pattern,
+    version: Version | None = Field(None,
                                 description="X.Y.Z; default: the last version bumped by `bump`")
     bump: Literal["patch", "minor", "major"] = "patch"
     license: str = Field("other", description="Hub license id, e.g. apache-2.0, cc-by-4.0")
@@ -112,9 +113,9 @@ class ReleaseSpec(BaseModel):
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
-    m = VERSION_RE.match(version)
+    m = VERSION_RE.fullmatch(version)
     if not m:
-        raise ReleaseError(f"version {version!r} is not X.Y.Z (e.g. 1.2.0)")
+        raise ReleaseError(f"version {shown(version)} must be {VERSION_RULE}")
     return int(m[1]), int(m[2]), int(m[3])
 
 
@@ -142,13 +143,13 @@ def versions(wh: Warehouse, name: str) -> list[str]:
     if not folder.is_dir():
         return []
     found = [p.name for p in folder.iterdir()
-             if VERSION_RE.match(p.name) and (p / "manifest.json").is_file()]
+             if VERSION_RE.fullmatch(p.name) and (p / "manifest.json").is_file()]
     return sorted(found, key=parse_version)
 
 
 def release_names(wh: Warehouse) -> list[str]:
     root = releases_root(wh)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_RE.match(p.name)) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)) if root.is_dir() else []
 
 
 # -- gathering the records ----------------------------------------------------------------------------
@@ -188,6 +189,18 @@ def _score_table(scores: pl.DataFrame, column: str | None) -> tuple[pl.DataFrame
     return table, column
 
 
+def _refuse_damaged(wh: Warehouse, run_ids: Sequence[str]) -> None:
+    """A release made from a run with a damaged file would silently lack its records: refuse, naming it."""
+    from factory.integrity import check_files, registered_files
+
+    damaged = check_files(wh, registered_files(wh, run_ids), deep=True)
+    if damaged:
+        d = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise ReleaseError(f"run {d.run_id} has a damaged file {d.path} ({d.problem}){more}: not publishing "
+                           f"from a damaged run; run `factory repair -w {wh.root}` first")
+
+
 def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
            stages: list[str] | None = None) -> Gathered:
     """Build the ``sft`` (and, with pairs, ``preference``) frames from the runs' kept records."""
@@ -208,6 +221,7 @@ def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
     missing = [r for r in run_ids if r not in known]
     if missing:
         raise ReleaseError(f"no run {missing[0]!r} in {wh.root} (see `factory status`)")
+    _refuse_damaged(wh, run_ids)
     paths: dict[str, list[Path]] = {}
     for table, path in file_rows:
         paths.setdefault(table, []).append(wh.root / path)
@@ -423,7 +437,21 @@ class PublishResult:
 
 
 def _load_manifest(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    """The release's manifest, or a ReleaseError naming the file (a corrupted one is not a traceback)."""
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReleaseError(f"{path}: manifest.json is missing; run `factory doctor`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); run `factory doctor`") \
+            from None
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"{path}: corrupted, not valid JSON ({exc.msg}: line {exc.lineno}, column "
+                           f"{exc.colno}); run `factory doctor`") from None
+    if not isinstance(manifest, dict):
+        raise ReleaseError(f"{path}: corrupted, expected a JSON object; run `factory doctor`")
+    return manifest
 
 
 def _sweep(name_dir: Path) -> None:
@@ -442,8 +470,8 @@ def publish(wh: Warehouse, name: str, run_ids: Sequence[str], spec: ReleaseSpec 
     called with the finished temporary folder just before it is moved into place.
     """
     spec = spec or ReleaseSpec()
-    if not NAME_RE.match(name):
-        raise ReleaseError(f"release name {name!r} must match {NAME_RE.pattern}")
+    if not NAME_RE.fullmatch(name):
+        raise ReleaseError(f"release name {shown(name)} must be {NAME_RULE}")
     g = gather(wh, run_ids, spec, stages)
     name_dir = releases_root(wh) / name
     name_dir.mkdir(parents=True, exist_ok=True)
@@ -486,13 +514,7 @@ def _publish_locked(wh: Warehouse, name: str, spec: ReleaseSpec, g: Gathered, na
 
     older = [v for v in existing if parse_version(v) < parse_version(version)]
     parents = [f"{name}@{older[-1]}"] if older else []
-    try:
-        metadata = card_metadata(name, spec, configs)
-    except CardError as exc:
-        raise ReleaseError(str(exc)) from None
-    card = ("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
-            + "---\n\n" + card_body(name, version, spec, g, configs, parents))
-    (tmp / "README.md").write_text(card, encoding="utf-8")
+    (tmp / "README.md").write_text(render_card(name, version, spec, g, configs, parents), encoding="utf-8")
     readme = FileEntry("README.md", _sha256(tmp / "README.md"), (tmp / "README.md").stat().st_size, None)
     manifest = {
         "name": name, "version": version, "created_at": now().isoformat(timespec="seconds") + "Z",
@@ -512,6 +534,17 @@ def _publish_locked(wh: Warehouse, name: str, spec: ReleaseSpec, g: Gathered, na
     _fsync_dir(name_dir)
     register(wh, final, manifest)
     return PublishResult(name, version, final, True, digest, rows)
+
+
+def render_card(name: str, version: str, spec: ReleaseSpec, g: Gathered, configs: dict[str, dict[str, Any]],
+                parents: list[str]) -> str:
+    """The release's README.md: the same inputs always give the same text (``factory repair`` relies on it)."""
+    try:
+        metadata = card_metadata(name, spec, configs)
+    except CardError as exc:
+        raise ReleaseError(str(exc)) from None
+    return ("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+            + "---\n\n" + card_body(name, version, spec, g, configs, parents))
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -568,7 +601,13 @@ def sync_catalog(wh: Warehouse) -> None:
         known = set(con.execute("SELECT name, version FROM releases").fetchall())
     for n, v in sorted(on_disk - known):
         folder = releases_root(wh) / n / v
-        register(wh, folder, _load_manifest(folder))
+        try:
+            manifest = _load_manifest(folder)
+            validate_manifest(manifest)
+        except ReleaseError as exc:  # not registrable: say so, register the rest
+            sys.stderr.write(f"warning: release {n}@{v} not registered: {exc}\n")
+            continue
+        register(wh, folder, manifest)
 
 
 def catalog_frame(wh: Warehouse, con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
@@ -598,14 +637,55 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _unregistered_rows(wh: Warehouse, df: pl.DataFrame) -> pl.DataFrame:
+    """Catalog rows for release folders the catalog does not know yet (a kill between the move and
+    ``register``): SQL shows them without writing; the next run or publish registers them."""
+    known = set(zip(df["name"].to_list(), df["version"].to_list(), strict=True))
+    rows = []
+    for n in release_names(wh):
+        for v in versions(wh, n):
+            if (n, v) in known:
+                continue
+            folder = releases_root(wh) / n / v
+            try:
+                m = _load_manifest(folder)
+                validate_manifest(m)
+            except ReleaseError:
+                continue  # the views check it below; doctor names it
+            rows.append({"name": n, "version": v, "path": str(folder.relative_to(wh.root)),
+                         "created_at": datetime.fromisoformat(m["created_at"].rstrip("Z")),
+                         "content_hash": m["content_hash"], "config_hash": m["config_hash"],
+                         "rows": json.dumps({c: i["rows"] for c, i in m.get("configs", {}).items()}),
+                         "files": json.dumps({c: i["files"] for c, i in m.get("configs", {}).items()}),
+                         "run_ids": m.get("run_ids", []), "parents": m["parents"]})
+    return pl.concat([df, pl.DataFrame(rows, schema=df.schema)]) if rows else df
+
+
+def verified_files(wh: Warehouse, name: str, version: str, folder: Path) -> dict[str, list[str]]:
+    """A release's data files per config, from its manifest, after checking each against its sha256
+    (remembered per process while a file is unchanged); raises ReleaseError naming what differs."""
+    manifest = _load_manifest(folder)
+    validate_manifest(manifest)
+    Release(name, version, folder, manifest).verify(memo=True)
+    return {c: info["files"] for c, info in manifest.get("configs", {}).items()}
+
+
 def add_sql_views(con: duckdb.DuckDBPyConnection, wh: Warehouse) -> None:
-    """Views for ``factory sql``: ``releases`` and ``release_<config>`` (rows with name and version)."""
-    df = catalog_frame(wh)
+    """Views for ``factory sql``: ``releases`` and ``release_<config>`` (rows with name and version).
+
+    A release whose files differ from its manifest is left out of ``release_<config>`` with a warning,
+    as ``open()`` refuses it: tampered rows are never served."""
+    df = _unregistered_rows(wh, catalog_frame(wh))
     con.register("_releases", df)
     con.execute('CREATE TEMP VIEW "releases" AS SELECT * FROM "_releases"')
     per_config: dict[str, list[str]] = {"sft": [], "preference": []}
     for row in df.iter_rows(named=True):
-        for config, paths in json.loads(row["files"] or "{}").items():
+        try:
+            files = verified_files(wh, row["name"], row["version"], wh.root / row["path"])
+        except ReleaseError as exc:
+            _warn_release(wh, f"{row['name']}@{row['version']}", str(exc))
+            continue
+        for config, paths in files.items():
             if not paths:
                 continue
             full = ", ".join(_quote(str(wh.root / row["path"] / p)) for p in paths)
@@ -618,6 +698,16 @@ def add_sql_views(con: duckdb.DuckDBPyConnection, wh: Warehouse) -> None:
         sql = " UNION ALL BY NAME ".join(selects) if selects else \
             "SELECT NULL::VARCHAR AS name, NULL::VARCHAR AS version WHERE false"
         con.execute(f'CREATE TEMP VIEW "release_{config}" AS {sql}')
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_release(wh: Warehouse, ref: str, problem: str) -> None:
+    if (str(wh.root), ref) not in _WARNED:
+        _WARNED.add((str(wh.root), ref))
+        sys.stderr.write(f"warning: release {ref} is damaged ({problem}); left out of the release_* views; "
+                         f"run `factory repair -w {wh.root}`\n")
 
 
 # -- the consumer's side ------------------------------------------------------------------------------
@@ -657,14 +747,18 @@ class Release:
     def to_polars(self, config: str = "sft") -> pl.DataFrame:
         return pl.read_parquet(self.files(config))
 
-    def verify(self) -> None:
-        """Raise :class:`ChecksumError` naming the first file that differs from the manifest."""
+    def verify(self, memo: bool = False) -> None:
+        """Raise :class:`ChecksumError` naming the first file that differs from the manifest (``memo``:
+        trust a checksum this process computed while the file's inode and times are unchanged)."""
+        from factory.integrity import file_sha256, memo_store
+
+        store = memo_store(self.path.parents[2]) if memo and (self.path.parents[2] / "cache").is_dir() else None
         listed = {f["path"] for f in self.manifest["files"]}
         for f in self.manifest["files"]:
             p = self.path / f["path"]
             if not p.is_file():
                 raise ChecksumError(f"release {self.ref}: file {f['path']} listed in manifest.json is missing")
-            got = _sha256(p)
+            got = file_sha256(p, store) if memo else _sha256(p)
             if got != f["sha256"]:
                 raise ChecksumError(f"release {self.ref}: file {f['path']} was modified (sha256 {got[:12]}… "
                                     f"!= {f['sha256'][:12]}… in manifest.json)")
@@ -677,8 +771,10 @@ class Release:
 
 def parse_ref(ref: str) -> tuple[str, str]:
     name, sep, version = ref.partition("@")
-    if not NAME_RE.match(name) or (sep and not version):
-        raise ReleaseError(f"release reference {ref!r} must be NAME@VERSION or NAME@latest")
+    bad_version = version not in ("", "latest") and not is_version(version)
+    if not NAME_RE.fullmatch(name) or (sep and not version) or bad_version:
+        raise ReleaseError(f"release reference {shown(ref)} must be NAME@VERSION or NAME@latest (NAME: {NAME_RULE}; "
+                           f"VERSION: {VERSION_RULE})")
     return name, version or "latest"
 
 

@@ -11,7 +11,9 @@ created and then locked (``lock_configuration``) so the query itself cannot undo
   ``VALUES``) and ``EXPLAIN [ANALYZE]`` of those are run, one statement at a time: a statement-type check
   before execution refuses ``COPY``, ``CREATE``, ``INSERT``, ``SET``, ``PRAGMA``, ``CALL``… even inside
   the warehouse;
-- a timer thread calls ``con.interrupt()`` when the time limit passes.
+- a timer thread calls ``con.interrupt()`` when the time limit passes; the result is fetched in Arrow
+  batches under the same deadline (:func:`stream`), so fetching, formatting and writing it are limited too
+  (``factory/sql_output.py``), and :func:`query` refuses a result larger than the memory limit.
 
 Every failure comes back as a :class:`QueryError` whose message is one line.
 """
@@ -22,11 +24,16 @@ import contextlib
 import os
 import re
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
+from factory.integrity import usable
 from factory.warehouse import ID_COLUMNS, RECORD_TABLES, Warehouse, kept_sql, select_files
 
 CATALOG_TABLES = ("runs", "stages", "files")
@@ -63,13 +70,13 @@ def open_readonly(wh: Warehouse, memory_limit: str | None = None) -> duckdb.Duck
     """An in-memory DuckDB with views over the warehouse's catalog tables and record files, sandboxed."""
     con = duckdb.connect(":memory:")
     with wh.connect(read_only=True) as cat:
-        files = cat.execute("SELECT table_name, path FROM files ORDER BY created_at").fetchall()
+        files = cat.execute("SELECT table_name, path, bytes FROM files ORDER BY created_at").fetchall()
         catalog = {t: fetch_polars(cat, f"SELECT * FROM {t}") for t in CATALOG_TABLES}
     for name, df in catalog.items():
         con.register(f"_{name}", df)
         con.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM "_{name}"')
     by_table: dict[str, list[str]] = {t: [] for t in RECORD_TABLES}
-    for table, path in files:
+    for table, path in usable(wh, files):  # a damaged or missing file is left out, with a warning
         by_table.setdefault(table, []).append(str(wh.root / path))
     for table, paths in by_table.items():
         con.execute(f'CREATE TEMP VIEW "{table}" AS {select_files(table, paths)}')
@@ -133,20 +140,99 @@ def _one_line(exc: BaseException) -> str:
 
 def query(wh: Warehouse, sql: str, params: list[Any] | None = None, *, timeout_s: float | None = None,
           memory_limit: str | None = None) -> pl.DataFrame:
-    """Run one read-only statement over the warehouse, within a time and memory limit; returns polars."""
+    """Run one read-only statement over the warehouse, within a time and memory limit; returns polars.
+
+    The limits cover fetching too: the result arrives in Arrow batches under the same timer, and one
+    larger than ``memory_limit`` is refused instead of being gathered (DuckDB's own limit stops at its
+    operators, not at the copy handed to Python)."""
+    cap = parse_bytes(memory_limit or DEFAULT_MEMORY_LIMIT)
+    with stream(wh, sql, params, timeout_s=timeout_s, memory_limit=memory_limit) as result:
+        batches: list[pa.RecordBatch] = []
+        held = 0
+        for batch in result.batches:
+            held += batch.nbytes
+            if held > cap:
+                raise QueryError(f"the result is larger than the {memory_limit or DEFAULT_MEMORY_LIMIT} memory limit: "
+                                 "add a LIMIT or aggregate (set FACTORY_SQL_MEMORY_LIMIT to allow more)")
+            batches.append(batch)
+        return pl.from_arrow(pa.Table.from_batches(batches, schema=result.schema), rechunk=False)
+
+
+#: rows per Arrow batch fetched: small enough to format and write one at a time, big enough to be fast
+BATCH_ROWS = 10_000
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(size: str) -> int:
+    """``"4GB"`` → 4,000,000,000 (DuckDB's reading: GB = 1000³, GiB = 1024³)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", size)
+    if not m or m[2].upper() not in _UNITS:
+        raise QueryError(f"memory or size limit {size!r} is not a size like 4GB, 512MB or 2GiB")
+    return int(float(m[1]) * _UNITS[m[2].upper()])
+
+
+@dataclass
+class Result:
+    """A running query's result: its schema and its batches, fetched lazily under the query's deadline."""
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    deadline: float | None  # time.monotonic() value after which formatting and writing stop too
+    limit_s: float
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise QueryError(_time_message(self.limit_s))
+
+
+def _time_message(limit: float) -> str:
+    return f"query stopped after the {limit:g}s time limit (set FACTORY_SQL_TIMEOUT_S to allow more)"
+
+
+@contextlib.contextmanager
+def stream(wh: Warehouse, sql: str, params: list[Any] | None = None, *, timeout_s: float | None = None,
+           memory_limit: str | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[Result]:
+    """Run one read-only statement and hand its result over batch by batch, all of it under the time limit.
+
+    The timer interrupts DuckDB while it computes or fetches, and ``Result.check_time`` (called on every
+    batch, and by writers as they format) stops the work done on the batches in Python.
+    """
     limit = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     con = open_readonly(wh, memory_limit)
-    timer = threading.Timer(limit, _interrupt, [con]) if limit and limit > 0 else None
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        _interrupt(con)
+
+    timer = threading.Timer(limit, interrupt) if limit and limit > 0 else None
+    deadline = time.monotonic() + limit if timer else None
+
+    def batches(reader: pa.RecordBatchReader | None) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in reader or ():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise QueryError(_time_message(limit))
+                yield batch
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:  # an interrupt mid-stream comes as OSError
+            if fired.is_set() or isinstance(exc, duckdb.InterruptException):
+                raise QueryError(_time_message(limit)) from None
+            raise QueryError(_one_line(exc)) from None
+
     try:
         check_statement(con, sql)
         if timer:
             timer.start()
-        return fetch_polars(con, sql, params)
-    except duckdb.InterruptException:
-        raise QueryError(f"query stopped after the {limit:g}s time limit (set FACTORY_SQL_TIMEOUT_S to allow "
-                         "more)") from None
-    except duckdb.Error as exc:
-        raise QueryError(_one_line(exc)) from None
+        try:
+            relation = con.sql(sql, params=params or None)
+            reader = relation.to_arrow_reader(batch_rows) if relation is not None else None
+        except duckdb.InterruptException:
+            raise QueryError(_time_message(limit)) from None
+        except duckdb.Error as exc:
+            raise QueryError(_one_line(exc)) from None
+        schema = reader.schema if reader is not None else pa.schema([])
+        yield Result(schema, batches(reader), deadline, limit)
     finally:
         if timer:
             timer.cancel()

@@ -67,8 +67,6 @@ register = STAGES.register
 
 
 def registered() -> Mapping[str, Entry[StageFn]]:
-    """All known stages (importing ``stages`` registers the built-in ones)."""
-    import stages  # noqa: F401  (import registers)
-
-    return STAGES.entries
+    """All known stages: the modules of ``stages`` and the plugins' (factory.registry)."""
+    return STAGES.discover("stages")
 

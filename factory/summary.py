@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import socket
+
 import polars as pl
 from rich.console import Console
 
-from factory.warehouse import Warehouse
+from factory.terminal import print_frame
+from factory.warehouse import Warehouse, pid_alive
+
+
+def shown_status(runs: pl.DataFrame) -> pl.DataFrame:
+    """Runs still marked 'running' whose process on this host is gone show as 'interrupted'.
+
+    Computed, not written back: ``factory status`` only reads, so it works on a full disk, a read-only
+    copy, or while another process holds the catalog (the next ``factory run`` records the state)."""
+    host = socket.gethostname()
+
+    def shown(row: dict) -> tuple[str, str | None]:
+        if row["status"] == "running" and row["host"] == host and row["pid"] is not None and not pid_alive(row["pid"]):
+            return "interrupted", f"process {row['pid']} ended without finishing; run it again to resume"
+        return row["status"], row.get("error")
+
+    pairs = [shown(r) for r in runs.iter_rows(named=True)]
+    columns = [pl.Series("status", [p[0] for p in pairs], dtype=pl.String)]
+    if "error" in runs.columns:
+        columns.append(pl.Series("error", [p[1] for p in pairs], dtype=pl.String))
+    return runs.with_columns(columns).drop("host", "pid")
 
 
 def stage_table(wh: Warehouse, run_id: str) -> pl.DataFrame:
@@ -18,7 +40,6 @@ def stage_table(wh: Warehouse, run_id: str) -> pl.DataFrame:
 
 
 def print_summary(wh: Warehouse, run_id: str, console: Console) -> None:
-    from factory.cli import print_frame
 
     console.print(f"\n[bold green]run {run_id} done[/] — warehouse: {wh.root}")
     print_frame(stage_table(wh, run_id), "funnel")
@@ -26,6 +47,10 @@ def print_summary(wh: Warehouse, run_id: str, console: Console) -> None:
                           GROUP BY ALL ORDER BY stage, n DESC""", [run_id])
     if not reasons.is_empty():
         print_frame(reasons, "rejects by reason")
+        failed = int(reasons.filter(reasons["reason"] == "model_error")["n"].sum())
+        if failed:
+            console.print(f"[yellow]{failed} model call(s) failed (model_error rejects): `factory run … "
+                          "--retry-errors` asks them again[/]", highlight=False)
     sample = wh.query("""SELECT category, instruction, output FROM samples_kept s
                          WHERE run_id = ? ORDER BY (SELECT source FROM tasks t WHERE t.task_id = s.task_id
                          AND t.run_id = s.run_id LIMIT 1) = 'seed', sample_id LIMIT 3""", [run_id])
@@ -40,11 +65,24 @@ def print_summary(wh: Warehouse, run_id: str, console: Console) -> None:
     for ref, path in releases.iter_rows():
         console.print(f"release {ref}: {path}\n  load it: datasets.load_dataset({path!r}, 'sft')  "
                       f"or factory.releases.open({ref!r})")
+    print_report(wh, run_id, console)
+
+
+def print_report(wh: Warehouse, run_id: str, console: Console) -> None:
+    """Write the run's HTML report next to its data and say where; a failure here never fails the run."""
+    from factory.report import write_report
+
+    try:
+        path = write_report(wh, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is done; the report is a view of it
+        console.print(f"[yellow]report not written: {type(exc).__name__}: {exc}[/]", highlight=False)
+        return
+    console.print(f"report: {path} (open it in a browser; offline, one file)", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def print_quality(wh: Warehouse, run_id: str, console: Console) -> None:
     """The judge's calibration accuracy and parse-failure rate, and the composite score distribution."""
-    from factory.cli import print_frame
 
     judge = wh.query("""SELECT stage,
             json_extract(metrics, '$.calibration_accuracy')::DOUBLE AS calibration_accuracy,

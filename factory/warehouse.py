@@ -3,12 +3,13 @@
 Layout::
 
     <root>/catalog.duckdb                      runs, stages, files (+ views over every record table)
-    <root>/runs/<run_id>/<stage>/<table>.parquet
+    <root>/runs/<run_id>/<stage>/<table>-<sha256[:16]>.parquet   (named by content: never reused)
     <root>/cache/calls.sqlite                  content-addressed model-call cache (factory.cache)
 
 A file is written under a temporary name and renamed into place, then registered in one catalog
 transaction together with its stage's completion row, so a half-written file is never registered and
-a stage is either done (all its files registered) or not done at all.
+a stage is either done (all its files registered) or not done at all. Damaged files are left out of
+reads and views (factory.integrity).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from factory.faults import CatalogDamaged, catalog_open_error, is_damage, writing
 from factory.records import conform, polars_schema
 
 #: record tables and the schema kind of their rows; other tables (features, scores…) are free-form
@@ -37,6 +39,7 @@ RECORD_TABLES: dict[str, str] = {
     "judgments": "judgment",
     "pairs": "pair",
     "rejects": "reject",
+    "calls": "call",  # every model call of a stage (factory/call_log.py); its view exists before the first call
 }
 #: the id column of each record kind, used to drop rejected records from later stages' inputs
 ID_COLUMNS: dict[str, str] = {"tasks": "task_id", "samples": "sample_id", "judgments": "judgment_id",
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS stages (
     PRIMARY KEY (run_id, stage));
 CREATE TABLE IF NOT EXISTS files (
     run_id VARCHAR, stage VARCHAR, table_name VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT,
-    sha256 VARCHAR, created_at TIMESTAMP, PRIMARY KEY (run_id, stage, table_name));
+    sha256 VARCHAR, created_at TIMESTAMP, shard VARCHAR DEFAULT '',  -- shard: a map stage's batch (factory/shards.py)
+    PRIMARY KEY (run_id, stage, table_name, shard));
 -- append-only migrations for catalogs made by earlier versions
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
@@ -80,12 +84,41 @@ def sha256_file(path: Path) -> str:
 
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
     """Write ``df`` to ``path`` so that readers see either the old file, the new one, or none."""
+    _write_then_move(df, path, lambda _tmp: path)
+
+
+def _write_then_move(df: pl.DataFrame, path: Path, final: Callable[[Path], Path]) -> Path:
+    """Write to ``.NAME.tmp-PID`` beside ``path``, fsync, move to ``final(tmp)``; a failure leaves no
+    temporary behind (one left by ``kill -9`` is swept by the next run: ``integrity.sweep_temporaries``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp, compression="zstd", statistics=True)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path, df.estimated_size()):  # ENOSPC: one line naming the file and the size (factory.faults)
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        target = final(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_once_parquet(df: pl.DataFrame, folder: Path, stem: str) -> tuple[Path, str]:
+    """Write ``df`` as ``folder/<stem>-<sha256[:16]>.parquet`` and return the path and its sha256.
+
+    The name is derived from the bytes, so a path is never reused for other contents: a file that a
+    reader (a view, a release's lineage) found is never replaced under it, and writing the same records
+    again lands on the same name.
+    """
+    digests: list[str] = []
+
+    def named_by_content(tmp: Path) -> Path:
+        digests.append(sha256_file(tmp))
+        return folder / f"{stem}-{digests[0][:16]}.parquet"  # same name, same bytes
+
+    return _write_then_move(df, folder / f"{stem}.parquet", named_by_content), digests[0]
 
 
 @dataclass(frozen=True)
@@ -104,12 +137,13 @@ class StageStats:
     started_at: datetime | None = None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process with this id running on this host (a killed run's pid is not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 
@@ -128,8 +162,11 @@ class Warehouse:
     # -- connections -------------------------------------------------------------------------------
 
     @contextmanager
-    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived catalog connection; waits while another process holds the write lock."""
+    def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived catalog connection; waits (``wait_s``, default $FACTORY_CATALOG_WAIT_S or 30 s)
+        while another process holds the write lock, then raises :class:`CatalogBusy`."""
+        if wait_s is None:
+            wait_s = float(os.environ.get("FACTORY_CATALOG_WAIT_S", "30"))
         if read_only and not self.catalog_path.exists():
             self.init()
         if not read_only:
@@ -139,8 +176,10 @@ class Warehouse:
             try:
                 con = duckdb.connect(str(self.catalog_path), read_only=read_only)
                 break
-            except duckdb.IOException as exc:  # lock held by another process
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            except duckdb.Error as exc:
+                if "could not set lock" not in str(exc).lower():  # not busy ("block" has "lock" in it): damaged…
+                    raise catalog_open_error(self.catalog_path, exc) from exc
+                if time.monotonic() > deadline:  # lock held by another process
                     raise CatalogBusy(f"catalog {self.catalog_path} is busy: {exc}") from exc
                 time.sleep(0.1)
         try:
@@ -148,8 +187,15 @@ class Warehouse:
                 with _PREPARE_LOCK:
                     if self.catalog_path not in _PREPARED:
                         con.execute(_CATALOG_DDL)
+                        from factory.shards import migrate_files_table
+
+                        migrate_files_table(con)  # catalogs from before shards: add the shard key
                         _PREPARED.add(self.catalog_path)
             yield con
+        except duckdb.Error as exc:  # a damaged block found while reading: name the file and what to do
+            if is_damage(exc, self.catalog_path):
+                raise CatalogDamaged(self.catalog_path, exc) from exc
+            raise
         finally:
             con.close()
 
@@ -180,7 +226,7 @@ class Warehouse:
         with self.connect() as con:
             rows = con.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", [host]).fetchall()
             for run_id, pid in rows:
-                if pid is not None and not _alive(pid):
+                if pid is not None and not pid_alive(pid):
                     con.execute("UPDATE runs SET status='interrupted', error=? WHERE run_id=?",
                                 [f"process {pid} ended without finishing; run it again to resume", run_id])
 
@@ -201,14 +247,16 @@ class Warehouse:
         for table, df in tables.items():
             if table in RECORD_TABLES:
                 df = conform(RECORD_TABLES[table], df)
-            path = self.root / "runs" / run_id / stage / f"{table}.parquet"
-            atomic_write_parquet(df, path)
-            written[table] = (path, df.height, path.stat().st_size, sha256_file(path))
+            path, digest = write_once_parquet(df, self.root / "runs" / run_id / stage, table)
+            written[table] = (path, df.height, path.stat().st_size, digest)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
+            before = [r[0] for r in con.execute("SELECT path FROM files WHERE run_id=? AND stage=?",
+                                                [run_id, stage]).fetchall()]
             con.execute("DELETE FROM files WHERE run_id=? AND stage=?", [run_id, stage])
             for table, (path, rows, size, digest) in written.items():
-                con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                con.execute("INSERT INTO files (run_id, stage, table_name, path, rows, bytes, sha256, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             [run_id, stage, table, str(path.relative_to(self.root)), rows, size, digest, now()])
             con.execute("DELETE FROM stages WHERE run_id=? AND stage=?", [run_id, stage])
             con.execute(
@@ -218,16 +266,23 @@ class Warehouse:
                  stats.completion_tokens, stats.seconds, stats.metrics, stats.started_at or now(), now()])
             self._refresh_views(con)
             con.execute("COMMIT")
+        kept = {w[0] for w in written.values()}
+        for rel in before:  # a stage made again (repair, --retry-errors): the files it replaced go
+            if self.root / rel not in kept:
+                (self.root / rel).unlink(missing_ok=True)
         return {t: w[0] for t, w in written.items()}
 
     # -- reading -----------------------------------------------------------------------------------
 
     def files(self, table: str | None = None, run_id: str | None = None,
               stages: list[str] | None = None) -> list[Path]:
-        """Registered files, oldest first, optionally for one table / run / set of stages."""
+        """Registered files, oldest first, optionally for one table / run / set of stages; a damaged or
+        missing file is left out with a warning (``factory.integrity``)."""
+        from factory.integrity import usable
+
         if not self.catalog_path.exists():
             return []
-        sql = "SELECT f.path FROM files f LEFT JOIN stages s USING (run_id, stage) WHERE true"
+        sql = "SELECT f.table_name, f.path, f.bytes FROM files f LEFT JOIN stages s USING (run_id, stage) WHERE true"
         args: list[Any] = []
         if table is not None:
             sql += " AND f.table_name = ?"
@@ -238,9 +293,10 @@ class Warehouse:
         if stages is not None:
             sql += f" AND f.stage IN ({','.join('?' * len(stages))})" if stages else " AND false"
             args.extend(stages)
-        sql += " ORDER BY f.created_at, s.position"
+        sql += " ORDER BY f.created_at, s.position, f.path"  # path: a sharded stage's shards in order
         with self.connect(read_only=True) as con:
-            return [self.root / r[0] for r in con.execute(sql, args).fetchall()]
+            rows = con.execute(sql, args).fetchall()
+        return [self.root / path for _, path in usable(self, rows)]
 
     def read(self, table: str, run_id: str | None = None, stages: list[str] | None = None) -> pl.DataFrame:
         """All registered rows of ``table`` (across runs unless ``run_id`` is given) as one frame."""
@@ -286,8 +342,11 @@ class Warehouse:
 
     def _refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
         """Persisted views, for people who open catalog.duckdb with the plain duckdb CLI."""
+        from factory.integrity import usable
+
         tables = {r[0]: [] for r in con.execute("SELECT DISTINCT table_name FROM files").fetchall()}
-        for table, path in con.execute("SELECT table_name, path FROM files ORDER BY created_at").fetchall():
+        rows = con.execute("SELECT table_name, path, bytes FROM files ORDER BY created_at").fetchall()
+        for table, path in usable(self, rows):  # a damaged file would make the whole view fail
             tables[table].append(str(self.root / path))
         for table in set(RECORD_TABLES) | set(tables):
             con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {select_files(table, tables.get(table, []))}')

@@ -8,13 +8,15 @@ from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).parent
 KINDS = ("task", "sample", "judgment", "pair", "reject", "release_manifest")
+#: warehouse-only tables (never released, so not in release manifests' schema_versions)
+WAREHOUSE_KINDS = ("call",)
 
 
 @cache
 def load(kind: str) -> dict:
     """The JSON Schema for a record kind (e.g. ``"task"``)."""
-    if kind not in KINDS:
-        raise KeyError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind not in KINDS + WAREHOUSE_KINDS:
+        raise KeyError(f"unknown record kind {kind!r}; known: {', '.join(KINDS + WAREHOUSE_KINDS)}")
     return json.loads((SCHEMA_DIR / f"{kind}.schema.json").read_text())
 
 

@@ -169,11 +169,11 @@ def copies_passage(instruction: str, passage: str, min_words: int) -> str | None
 
 
 def instruction_problem(text: str, finish_reason: str, passage: str, cfg: BacktranslateConfig,
-                        first_line_done: bool = False) -> tuple[str, str] | None:
+                        first_line_done: bool = False, error: str | None = None) -> tuple[str, str] | None:
     """(reason, detail) when a generated instruction cannot be used, else None. A reply cut at max_tokens
     is fine when its first line, the instruction, ended before the cut."""
     if finish_reason == "error":
-        return "model_error", "the backend gave no answer"
+        return "model_error", error or "the backend gave no answer"
     if finish_reason == "length" and not first_line_done:
         return "truncated", f"the instruction hit max_tokens={cfg.params.max_tokens} before its line ended"
     if not text.strip():
@@ -252,7 +252,7 @@ def run(ctx: StageContext, cfg: BacktranslateConfig) -> StageOutput:
         instruction = parse_instruction(out.text)
         tid = task_id(instruction) if instruction else None
         why = instruction_problem(instruction, out.finish_reason, p["text"], cfg,
-                                  first_line_done="\n" in out.text.strip())
+                                  first_line_done="\n" in out.text.strip(), error=out.error)
         if why is None and tid in seen:
             why = ("duplicate", "another passage already gave this instruction")
         if why is not None:

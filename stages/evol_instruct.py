@@ -185,10 +185,10 @@ def task_ended(reply: str) -> bool:
 
 
 def elimination(evolved: str, parent_text: str, finish_reason: str, cfg: EvolInstructConfig,
-                ended: bool = False) -> tuple[str, str] | None:
+                ended: bool = False, error: str | None = None) -> tuple[str, str] | None:
     """(reason, detail) when an evolved task is eliminated before it is answered, else None."""
     if finish_reason == "error":
-        return "model_error", "the backend gave no answer"
+        return "model_error", error or "the backend gave no answer"
     if finish_reason == "length" and not ended:
         return "truncated", f"the rewrite hit max_tokens={cfg.params.max_tokens}"
     if not evolved.strip():
@@ -212,10 +212,11 @@ def elimination(evolved: str, parent_text: str, finish_reason: str, cfg: EvolIns
     return None
 
 
-def answer_failure(text: str, finish_reason: str, cfg: EvolInstructConfig) -> tuple[str, str] | None:
+def answer_failure(text: str, finish_reason: str, cfg: EvolInstructConfig,
+                   error: str | None = None) -> tuple[str, str] | None:
     """(reason, detail) when the model fails to answer the evolved task, else None."""
     if finish_reason == "error":
-        return "model_error", "the backend gave no answer"
+        return "model_error", error or "the backend gave no answer"
     words = text.split()
     if not words:
         return "answer_empty", "the model's answer is empty"
@@ -257,7 +258,8 @@ def run(ctx: StageContext, cfg: EvolInstructConfig) -> StageOutput:
     for (parent, op, req), out in zip(jobs, outs, strict=True):
         evolved = parse_evolved(out.text)
         tid = task_id(evolved) if evolved else None
-        why = elimination(evolved, task_prompt(parent), out.finish_reason, cfg, ended=task_ended(out.text))
+        why = elimination(evolved, task_prompt(parent), out.finish_reason, cfg, ended=task_ended(out.text),
+                          error=out.error)
         if why is None and tid in known:
             why = ("duplicate", "the same task as one already in the pool or evolved from another parent")
         if why is not None:
@@ -307,7 +309,7 @@ def _answer_check(ctx: StageContext, cfg: EvolInstructConfig, candidates: list[d
     label_cfg = SelfLabelConfig(params=cfg.answer_params)
     kept, samples = [], []
     for c, req, out in zip(candidates, requests, outs, strict=True):
-        failed = answer_failure(out.text, out.finish_reason, cfg)
+        failed = answer_failure(out.text, out.finish_reason, cfg, error=out.error)
         if failed is not None:
             rejects.append(reject(ctx, record_kind="task_candidate", record_id=c["task_id"], reason=failed[0],
                                   raw=c["instruction"], related_id=c["parent_ids"][0],

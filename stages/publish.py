@@ -11,14 +11,14 @@ from typing import Literal
 from pydantic import Field
 
 from factory.context import StageContext
+from factory.names import Name
 from factory.releases import ReleaseSpec, publish
 from factory.stage import StageConfig, StageOutput, register
 
 
 class PublishConfig(StageConfig, ReleaseSpec):
     kind: Literal["publish"] = "publish"
-    dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                                description="release name (default: the pipeline's name)")
+    dataset: Name | None = Field(None, description="release name (default: the pipeline's name)")
 
 
 @register(PublishConfig)

@@ -18,6 +18,7 @@ dropped?" for any record.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.context import StageContext
+from factory.map_stage import MapContext, MapStage, register_map
 from factory.records import reject
 from factory.stage import StageConfig, StageOutput, register
 
@@ -205,18 +207,14 @@ def judge_trusted(judge_scores: pl.DataFrame) -> bool:
     return "trusted" not in judge_scores.columns or bool(judge_scores["trusted"].all())
 
 
-@register(ScoreConfig)
-def run(ctx: StageContext, cfg: ScoreConfig) -> StageOutput:
-    samples = ctx.inputs("samples")
-    judge_scores = ctx.inputs("judge_scores")
-    use_judge = cfg.use_judge and judge_trusted(judge_scores)
-    if cfg.use_judge and not judge_scores.is_empty() and not use_judge:
-        ctx.log("[bold red]judge not trusted (failed calibration): composite uses heuristics only[/]")
+def score_batch(ctx: StageContext, cfg: ScoreConfig, samples: pl.DataFrame, judge_scores: pl.DataFrame,
+                use_judge: bool, eval_texts: pl.DataFrame | None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Scores and reject rows for ``samples``: each sample is scored on its own, so any batch will do."""
     scores = score_samples(samples, judge_scores, cfg, use_judge)
     contaminated = pl.DataFrame(schema={"sample_id": pl.String, "benchmark": pl.String, "ngram": pl.String,
                                         "matching_ngrams": pl.Int64})
-    if cfg.eval_sets and not samples.is_empty():
-        contaminated = find_contamination(samples, load_eval_texts(cfg.eval_sets), cfg.decontam_ngram)
+    if eval_texts is not None and not samples.is_empty():
+        contaminated = find_contamination(samples, eval_texts, cfg.decontam_ngram)
     scores = scores.join(contaminated.rename({"benchmark": "contaminated_benchmark",
                                               "ngram": "contaminated_ngram"}).drop("matching_ngrams"),
                          on="sample_id", how="left")
@@ -244,12 +242,17 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> StageOutput:
             rejects.append(reject(ctx, record_kind="sample", record_id=row["sample_id"], reason="low_quality",
                                   raw=outputs.get(row["sample_id"]),
                                   detail=f"{reasons} (composite {row['composite']:.3f})"))
-    kept = scores.filter(pl.col("keep"))
+    return scores, rejects
+
+
+def score_metrics(scores: pl.DataFrame, use_judge: bool) -> dict[str, Any]:
+    """The stage's metrics over every score row (the whole stage, or all of a sharded stage's files)."""
+    kept = int(scores["keep"].sum()) if scores.height else 0
     metrics: dict[str, Any] = {
         "judge_used": use_judge,
-        "kept": kept.height,
-        "dropped": scores.height - kept.height,
-        "contaminated": contaminated.height,
+        "kept": kept,
+        "dropped": scores.height - kept,
+        "contaminated": int(scores["contaminated_benchmark"].is_not_null().sum()) if scores.height else 0,
     }
     if scores.height:
         comp = scores["composite"]
@@ -263,9 +266,65 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> StageOutput:
                 scores.select(pl.col("drop_reasons").explode()).drop_nulls()["drop_reasons"]
                 .value_counts().iter_rows())),
         })
-    ctx.log(f"{kept.height} of {scores.height} samples kept (judge {'used' if use_judge else 'not used'})")
+    return metrics
+
+
+def use_judge_for(ctx: StageContext, cfg: ScoreConfig, judge_scores: pl.DataFrame) -> bool:
+    use_judge = cfg.use_judge and judge_trusted(judge_scores)
+    if cfg.use_judge and not judge_scores.is_empty() and not use_judge:
+        ctx.log("[bold red]judge not trusted (failed calibration): composite uses heuristics only[/]")
+    return use_judge
+
+
+@register(ScoreConfig)
+def run(ctx: StageContext, cfg: ScoreConfig) -> StageOutput:
+    """The whole table at once (the runner uses :class:`ScoreMap`, batch by batch, instead)."""
+    samples = ctx.inputs("samples")
+    judge_scores = ctx.inputs("judge_scores")
+    use_judge = use_judge_for(ctx, cfg, judge_scores)
+    eval_texts = load_eval_texts(cfg.eval_sets) if cfg.eval_sets else None
+    scores, rejects = score_batch(ctx, cfg, samples, judge_scores, use_judge, eval_texts)
+    metrics = score_metrics(scores, use_judge)
+    ctx.log(f"{metrics['kept']} of {scores.height} samples kept (judge {'used' if use_judge else 'not used'})")
     return StageOutput(tables={"scores": scores}, rejects=rejects, records_in=samples.height, metrics=metrics,
-                       kept=kept.height)
+                       kept=metrics["kept"])
+
+
+@register_map(ScoreConfig)
+class ScoreMap(MapStage):
+    """Score batch by batch: the judge's verdicts are looked up for the batch's samples only."""
+
+    input_table = "samples"
+
+    def plan(self, ctx: MapContext, cfg: ScoreConfig) -> dict[str, Any]:
+        judge = ctx.scan("judge_scores")
+        if not cfg.use_judge or judge is None:
+            return {"use_judge": False}
+        trusted = judge.select(pl.len().alias("n"), (pl.col("trusted").all() if "trusted" in
+                                                      judge.collect_schema().names() else pl.lit(True)).alias("t"))
+        n, ok = trusted.collect().row(0)
+        if n and not ok:
+            ctx.log("[bold red]judge not trusted (failed calibration): composite uses heuristics only[/]")
+        return {"use_judge": bool(n and ok)}
+
+    def setup(self, ctx: MapContext, cfg: ScoreConfig, shared: dict[str, Any]) -> None:
+        super().setup(ctx, cfg, shared)
+        self.eval_texts = load_eval_texts(cfg.eval_sets) if cfg.eval_sets else None
+
+    def process(self, batch: pl.DataFrame, ctx: MapContext, cfg: ScoreConfig) -> StageOutput:
+        judge = ctx.lookup("judge_scores", "sample_id", batch["sample_id"].to_list())
+        scores, rejects = score_batch(ctx, cfg, batch, judge, self.shared["use_judge"], self.eval_texts)
+        kept = int(scores["keep"].sum()) if scores.height else 0
+        return StageOutput(tables={"scores": scores}, rejects=rejects, records_in=batch.height, kept=kept)
+
+    def summarize(self, outputs: Mapping[str, list[Path]], shard_metrics: list[dict[str, Any]],
+                  cfg: ScoreConfig) -> dict[str, Any]:
+        columns = ["keep", "composite", "drop_reasons", "contaminated_benchmark"]
+        paths = outputs.get("scores", [])
+        scores = pl.read_parquet(paths, columns=columns) if paths else pl.DataFrame(
+            schema={"keep": pl.Boolean, "composite": pl.Float64, "drop_reasons": pl.List(pl.String),
+                    "contaminated_benchmark": pl.String})
+        return score_metrics(scores, self.shared["use_judge"])
 
 
 def histogram(values: pl.Series, bins: int = 5) -> dict[str, int]:

@@ -1,7 +1,9 @@
 """Seed tasks from JSONL, CSV, Parquet or a folder of them, validated against the task schema.
 
-Bad rows (missing instruction, wrong types, undecodable bytes, empty lines, duplicates) become rejects
-naming file, line and reason, and the run goes on; a file that cannot be read at all stops the run.
+Bad rows (missing instruction, wrong types, undecodable bytes, empty lines, duplicates, a field over
+``max_chars``, control characters, a CSV row with the wrong number of fields) become rejects naming file,
+line and reason, and the run goes on; a file that cannot be read at all stops the run. An empty file, and
+a stage that ends with no task at all, print a warning.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import Field
 
 import schemas
 from factory.context import StageContext
-from factory.input_files import InputFileError, expand, read_rows
+from factory.input_files import MAX_CHARS, InputFileError, expand, read_rows, text_problem
 from factory.records import frame, lineage, reject, task_id
 from factory.stage import StageConfig, StageOutput, register
 
@@ -32,6 +34,7 @@ class SeedsConfig(StageConfig):
                                  "category": "category"},
         description="task field → column name in the seed files")
     default_category: str = "general"
+    max_chars: int = Field(MAX_CHARS, gt=0, description="longest text field accepted; longer rows are rejects")
 
     produces = ("tasks",)
 
@@ -47,6 +50,9 @@ def to_task(row: dict[str, Any], cfg: SeedsConfig) -> tuple[dict[str, Any] | Non
         if value is not None and not isinstance(value, str):
             return None, (f"wrong_type: field '{cfg.fields.get(field, field)}' ({field}) must be a string, "
                           f"got {type(value).__name__}")
+        problem = text_problem(cfg.fields.get(field, field), value, cfg.max_chars) if value else None
+        if problem:
+            return None, problem
     return {"instruction": instruction.strip(), "input": (get.get("input") or "").strip(),
             "gold_answer": (get.get("output") or "").strip() or None,
             "category": (get.get("category") or "").strip() or cfg.default_category}, None
@@ -63,6 +69,7 @@ def run(ctx: StageContext, cfg: SeedsConfig) -> StageOutput:
         files = [(path, read_rows(path)) for path in expand(cfg.paths)]
     except InputFileError as exc:
         raise SeedError(str(exc)) from None
+    warnings = [f"{path} is empty: no rows read" for path, rows in files if not rows]
     for path, rows in files:
         for line, row, raw, error in rows:
             rows_in += 1
@@ -91,5 +98,14 @@ def run(ctx: StageContext, cfg: SeedsConfig) -> StageOutput:
             tasks[tid] = task
             seen_at[tid] = f"{path}:{line}"
     ctx.log(f"{len(tasks)} seed tasks from {rows_in} rows, {len(rejects)} rejected")
+    if not tasks:
+        warnings.append(f"0 tasks from {rows_in} rows in {len(files)} file(s)"
+                        + (f" ({len(rejects)} rejected: see the rejects table)" if rejects else "")
+                        + "; later stages have nothing to work on")
+    for message in warnings:
+        ctx.warn(message)
+    metrics = {"categories": dict(sorted(Counter(t["category"] for t in tasks.values()).items()))}
+    if warnings:
+        metrics["warnings"] = warnings
     return StageOutput(tables={"tasks": frame("task", tasks.values())}, rejects=rejects, records_in=rows_in,
-                       metrics={"categories": dict(sorted(Counter(t["category"] for t in tasks.values()).items()))})
+                       metrics=metrics)

@@ -6,12 +6,15 @@ Each sample records its tokens, finish reason and text. Empty answers, answers c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import Field
 
 from factory.backends.base import ChatRequest, GenParams
 from factory.context import StageContext
+from factory.map_stage import MapContext, MapStage, register_map
 from factory.records import content_id, derived_seed, frame, lineage, reject, task_prompt
 from factory.similarity import rouge_l
 from factory.stage import StageConfig, StageOutput, register
@@ -36,10 +39,11 @@ class SelfLabelConfig(StageConfig):
     uses_backend = True
 
 
-def problem(text: str, finish_reason: str, task: dict[str, Any], cfg: SelfLabelConfig) -> tuple[str, str] | None:
-    """(reason, detail) when an answer is unusable, else None."""
+def problem(text: str, finish_reason: str, task: dict[str, Any], cfg: SelfLabelConfig,
+            error: str | None = None) -> tuple[str, str] | None:
+    """(reason, detail) when an answer is unusable, else None (``error``: the failed call's error text)."""
     if finish_reason == "error":
-        return "model_error", "the backend gave no answer"
+        return "model_error", error or "the backend gave no answer"
     if not text.strip():
         return "empty", "empty answer"
     if finish_reason == "length" and not cfg.keep_truncated:
@@ -53,14 +57,18 @@ def problem(text: str, finish_reason: str, task: dict[str, Any], cfg: SelfLabelC
     return None
 
 
-@register(SelfLabelConfig)
-def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
-    tasks_df = ctx.inputs("tasks")
-    if cfg.sources is not None:
-        tasks_df = tasks_df.filter(tasks_df["source"].is_in(cfg.sources))
-    tasks = tasks_df.to_dicts()
-    if cfg.max_tasks is not None and len(tasks) > cfg.max_tasks:
-        tasks = sorted(tasks, key=lambda t: derived_seed(ctx.seed, "label-pick", t["task_id"]))[:cfg.max_tasks]
+def chosen_tasks(tasks: Iterable[str], cfg: SelfLabelConfig, seed: int) -> set[str] | None:
+    """The seeded choice of ``max_tasks`` task ids (None: label every task)."""
+    if cfg.max_tasks is None:
+        return None
+    ids = list(tasks)
+    if len(ids) <= cfg.max_tasks:
+        return None
+    return set(sorted(ids, key=lambda t: derived_seed(seed, "label-pick", t))[:cfg.max_tasks])
+
+
+def label(ctx: StageContext, cfg: SelfLabelConfig, tasks: list[dict[str, Any]]) -> StageOutput:
+    """Answer ``tasks``; each sample's id depends only on its task, the model, params, index and text."""
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     jobs: list[tuple[dict[str, Any], int, ChatRequest]] = []
     for task in tasks:
@@ -75,7 +83,7 @@ def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
     for (task, k, req), out in zip(jobs, outs, strict=True):
         params = req.params.model_dump()
         sid = content_id("sample", task["task_id"], model_id, params, k, out.text)
-        bad = problem(out.text, out.finish_reason, task, cfg)
+        bad = problem(out.text, out.finish_reason, task, cfg, error=out.error)
         if bad:
             rejects.append(reject(ctx, record_kind="sample", record_id=sid, reason=bad[0], raw=out.text,
                                   related_id=task["task_id"], detail=f"task {task['task_id']}: {bad[1]}"))
@@ -88,3 +96,43 @@ def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
                                   gen_params=params)})
     ctx.log(f"{len(samples)} answers kept of {len(jobs)} for {len(tasks)} tasks")
     return StageOutput(tables={"samples": frame("sample", samples)}, rejects=rejects, records_in=len(tasks))
+
+
+@register(SelfLabelConfig)
+def run(ctx: StageContext, cfg: SelfLabelConfig) -> StageOutput:
+    """The whole table at once (the runner uses :class:`SelfLabelMap`, batch by batch, instead)."""
+    tasks_df = ctx.inputs("tasks")
+    if cfg.sources is not None:
+        tasks_df = tasks_df.filter(tasks_df["source"].is_in(cfg.sources))
+    tasks = tasks_df.to_dicts()
+    chosen = chosen_tasks((t["task_id"] for t in tasks), cfg, ctx.seed)
+    if chosen is not None:
+        tasks = sorted([t for t in tasks if t["task_id"] in chosen],
+                       key=lambda t: derived_seed(ctx.seed, "label-pick", t["task_id"]))
+    return label(ctx, cfg, tasks)
+
+
+@register_map(SelfLabelConfig)
+class SelfLabelMap(MapStage):
+    """Answer each batch of tasks; the seeded ``max_tasks`` choice is made once, on the driver."""
+
+    input_table = "tasks"
+
+    def _sources(self, lazy: pl.LazyFrame, cfg: SelfLabelConfig) -> pl.LazyFrame:
+        return lazy.filter(pl.col("source").is_in(cfg.sources)) if cfg.sources is not None else lazy
+
+    def plan(self, ctx: MapContext, cfg: SelfLabelConfig) -> dict[str, Any]:
+        lazy = ctx.scan("tasks")
+        if cfg.max_tasks is None or lazy is None:
+            return {"chosen": None}
+        ids = ctx.kept_only("tasks", self._sources(lazy, cfg).select("task_id").collect())["task_id"].to_list()
+        chosen = chosen_tasks(ids, cfg, ctx.seed)
+        return {"chosen": sorted(chosen) if chosen is not None else None}
+
+    def select(self, batch: pl.DataFrame, ctx: MapContext, cfg: SelfLabelConfig) -> pl.DataFrame:
+        batch = self._sources(batch.lazy(), cfg).collect()
+        chosen = self.shared.get("chosen")
+        return batch.filter(pl.col("task_id").is_in(chosen)) if chosen is not None else batch
+
+    def process(self, batch: pl.DataFrame, ctx: MapContext, cfg: SelfLabelConfig) -> StageOutput:
+        return label(ctx, cfg, batch.to_dicts())

@@ -235,6 +235,7 @@ def test_blocked_search_equals_brute_force():
     assert all(a >= 155 for a in i.tolist())
 
 
+@pytest.mark.slow
 def test_semantic_paraphrase_caught_unrelated_kept_and_threshold_edges(minilm):
     texts = ["How do I bake sourdough bread at home?", "What is the way to make sourdough bread in my own kitchen?",
              "List the planets of the solar system in order."]
@@ -248,6 +249,7 @@ def test_semantic_paraphrase_caught_unrelated_kept_and_threshold_edges(minilm):
     assert under.drops.is_empty()
 
 
+@pytest.mark.slow
 def test_dedup_runs_kinds_in_order(minilm):
     texts = ["Give me five tips for sleeping better after a long day at work.",
              "give me five tips for sleeping better after a long day at work",
@@ -295,6 +297,7 @@ def rejects_of(wh, run_id: str) -> pl.DataFrame:
                     "WHERE run_id = ? AND stage = 'dedup' ORDER BY record_id", [run_id])
 
 
+@pytest.mark.slow
 def test_stage_incremental_against_history_and_deterministic(tmp_path, minilm):
     from factory.records import task_id
 

@@ -1,9 +1,10 @@
 """The self-evolution loop: ReST-EM records, one round end to end on the real embedded model (lineage,
-release, trained model, paired eval, `rounds` rows), and a kill -9 between training and eval that resumes
-without training again."""
+release, trained model, paired eval, `rounds` rows), a kill -9 between training and eval that resumes
+without training again, and a repeat in a fresh warehouse that gives the same records, weights and evals."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -71,18 +72,29 @@ def test_evolve_section_is_validated_before_anything_runs(tmp_path: Path):
     assert FakeConfig  # the fake backend is registered for the pipeline above
 
 
-def evolve_file(tmp_path: Path) -> Path:
+def evolve_file(tmp_path: Path, warehouse: str = "wh") -> Path:
     data = {
-        "name": "tiny", "warehouse": str(tmp_path / "wh"), "seed": 0,
+        "name": "tiny", "warehouse": str(tmp_path / warehouse), "seed": 0,
         "backend": {"kind": "transformers", "model": "smollm2-135m-instruct", "batch_size": 8},
         "evolve": {"rounds": 1, "patience": 5, "train": {"options": {"max_steps": 3, "batch_size": 2, "max_length": 96,
                                                       "save_steps": 1, "learning_rate": 1e-4}},
                    "eval": {"suites": ["arithmetic", "nll"], "n": 4}},
         "stages": [{"kind": "rest_em", "family": "arithmetic", "problems": 6, "k": 3, "rationalize": True,
                     "params": {"max_tokens": 24, "temperature": 0.8}}]}
-    path = tmp_path / "evolve.yaml"
+    path = tmp_path / f"evolve-{warehouse}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def round_outcome(wh: Warehouse, r: int) -> dict:
+    """What a repeated round must reproduce: record ids, release content, model weights, eval answers."""
+    row = wh.query("SELECT * FROM rounds WHERE round = ?", [r]).row(0, named=True)
+    weights = next((wh.root / "models" / row["model_out"]).glob("*.safetensors")).read_bytes()
+    release = json.loads(next((wh.root / "releases").rglob(f"{r + 1}.0.0/manifest.json")).read_text())
+    return {"samples": sorted(wh.query("SELECT id FROM samples WHERE run_id = ?", [row["run_id"]])["id"]),
+            "release": release["content_hash"], "weights": hashlib.sha256(weights).hexdigest(),
+            "evals": wh.query("SELECT suite, item_id, answer, correct, nll FROM evals ORDER BY ALL").rows(),
+            "diffs": wh.query("SELECT suite, diff FROM round_evals WHERE round = ? ORDER BY suite", [r]).rows()}
 
 
 @pytest.mark.slow
@@ -114,7 +126,9 @@ def test_one_round_end_to_end_and_kill_between_training_and_eval_resumes(tmp_pat
     rounds = wh.query("SELECT * FROM rounds")
     assert rounds.height == 1
     row = rounds.row(0, named=True)
-    assert row["model_in"] == "smollm2-135m-instruct" and row["release"] == "tiny-evolve@1.0.0"
+    release = row["release"].split("@")[0]  # tiny-evolve-HASH6: the hash of the evolve setup
+    assert row["model_in"] == "smollm2-135m-instruct" and row["release"] == f"{release}@1.0.0"
+    assert release.startswith("tiny-evolve-") and release[-6:] == row["model_out"].split("-")[1]
     mix = json.loads(row["method_mix"])
     assert mix["sft:problem"] == row["sft_rows"] >= 1
     assert mix.get("preference:verifier-best-vs-worst", 0) == row["preference_rows"]
@@ -123,7 +137,7 @@ def test_one_round_end_to_end_and_kill_between_training_and_eval_resumes(tmp_pat
     assert produced.rows() == [("smollm2-135m-instruct", 0)]
     model = wh.query("SELECT * FROM models WHERE name = ?", [row["model_out"]])
     assert model.height == 1
-    assert set(model["parents"][0]) >= {"tiny-evolve@1.0.0"} and any(
+    assert set(model["parents"][0]) >= {f"{release}@1.0.0"} and any(
         "smollm2" in p for p in model["parents"][0])
     per_suite = wh.query("SELECT suite, n, diff, diff_ci_low, diff_ci_high FROM round_evals ORDER BY suite")
     assert per_suite["suite"].to_list() == ["arithmetic", "nll"] and per_suite["n"].to_list() == [4, 4]
@@ -139,7 +153,13 @@ def test_one_round_end_to_end_and_kill_between_training_and_eval_resumes(tmp_pat
                                                                  if k != "FACTORY_WAREHOUSE"},
                           capture_output=True, text=True, timeout=900)
     assert more.returncode == 0, more.stdout + more.stderr
+    # the killed-and-resumed round 0 equals a repeat of it, uninterrupted, in a fresh warehouse
+    repeat = subprocess.run([sys.executable, "-m", "factory.cli", "evolve", str(evolve_file(tmp_path, "wh2")), "-q"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert repeat.returncode == 0, repeat.stdout + repeat.stderr
+    first, again_ = round_outcome(wh, 0), round_outcome(Warehouse(tmp_path / "wh2"), 0)
+    assert first["samples"] and first["evals"] and first == again_
     second = wh.query("SELECT * FROM rounds WHERE round = 1").row(0, named=True)
-    assert second["model_in"] == row["model_out"] and second["release"] == "tiny-evolve@2.0.0"
+    assert second["model_in"] == row["model_out"] and second["release"] == f"{release}@2.0.0"
     produced = wh.query("SELECT DISTINCT producer, round FROM samples WHERE run_id = ?", [second["run_id"]])
     assert produced.rows() == [(row["model_out"], 1)]

@@ -142,6 +142,7 @@ def test_pairwise_and_repeats_with_scripted_judge(tmp_path: Path):
     assert wh.query("SELECT judge_n FROM judge_scores")["judge_n"].to_list() == [0, 0]
 
 
+@pytest.mark.slow
 def test_reliability_check_with_the_embedded_model(warehouse, embedded_backend, record_property):
     """The real 135M judge: record its calibration accuracy; below the threshold, scores fall back."""
     samples = _commit_samples(warehouse, [("What colour is the sky on a clear day?", "It is blue."),

@@ -25,6 +25,9 @@ def factory(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Comp
     return proc
 
 
+pytestmark = pytest.mark.slow  # every test here reads one demo-shaped run on the real embedded model
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Warehouse, str, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("demo")

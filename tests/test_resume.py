@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from factory.warehouse import Warehouse
@@ -39,6 +40,7 @@ def start(pipeline: Path, log: Path) -> subprocess.Popen:
                                 stdout=fh, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stage_then_resume(tmp_path: Path):
     rows = [json.loads(line) for line in DEMO_SEEDS.read_text().splitlines()][:TASKS]
     seeds = write_jsonl(tmp_path / "seeds.jsonl", rows)

@@ -89,6 +89,7 @@ def test_control_flow_with_scripted_replies(tmp_path: Path):
     assert row["novelty_nearest_id"] is not None
 
 
+@pytest.mark.slow
 def test_real_model_output_is_parsed_or_rejected_with_its_raw_text(tmp_path: Path, embedded_backend):
     cfg = parse_pipeline(pipeline(tmp_path, {"kind": "transformers", "batch_size": 8},
                                   target_tasks=50, max_calls=4, params={"max_tokens": 48}))

@@ -26,13 +26,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, mon
     path = tmp_path / "t.parquet"
     atomic_write_parquet(pl.DataFrame({"a": [1]}), path)
 
-    def boom(*_, **__):
+    def half_then_boom(self, target, **__):  # the disk fills up halfway through the temporary file
+        Path(target).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", half_then_boom)
+    with pytest.raises(OSError, match="disk full"):
         atomic_write_parquet(pl.DataFrame({"a": [2]}), path)
     assert pl.read_parquet(path)["a"].to_list() == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]  # the half-written .t.parquet.tmp-PID is gone
 
 
 def test_commit_registers_files_views_span_runs_and_kept_views_drop_rejects(warehouse: Warehouse):

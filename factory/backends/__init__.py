@@ -21,9 +21,7 @@ __all__ = ["Backend", "BackendConfig", "BackendUnavailable", "ChatRequest", "Com
 
 
 def registered_backends() -> Mapping[str, Entry[BackendFactory]]:
-    from factory.backends import fake, openai_compat, transformers_backend, vllm_backend  # noqa: F401
-
-    return BACKENDS.entries
+    return BACKENDS.discover("factory.backends")
 
 
 def load_backend(config: BackendConfig) -> Backend:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.call_errors import DEFAULT_MAX_ERROR_FRACTION
 from factory.records import canonical_json, content_id
 from factory.registry import Registry
 from factory.structured import OutputConstraint
@@ -73,6 +74,13 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
     batch_size: int = Field(16, ge=1)
+    #: the share of a stage's calls that may fail before the run stops (factory/call_errors.py); a policy,
+    #: not part of the data: left out of dumps at its default and out of the config hash, so setting it
+    #: neither changes older run ids nor forks the run it is raised for
+    max_error_fraction: float = Field(DEFAULT_MAX_ERROR_FRACTION, ge=0.0, le=1.0,
+                                      exclude_if=lambda v: v == DEFAULT_MAX_ERROR_FRACTION,
+                                      description="stop a run when more than this share of a stage's model "
+                                      "calls fail (a stage where all fail always stops)")
 
     requires: ClassVar[str | None] = None  # optional extra to install, named in the error message
 

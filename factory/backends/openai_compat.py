@@ -1,7 +1,11 @@
 """Any OpenAI-compatible chat server: ``vllm serve``, llama.cpp's server, hosted APIs.
 
-Bounded concurrency, per-request timeouts, retries with exponential backoff on 429/5xx and connection
-errors. The API key is read from an environment variable whose *name* is configured; the key itself
+Bounded concurrency, a total deadline per request attempt (``timeout_s`` covers connecting, sending and
+reading the whole body, so a server trickling bytes cannot hold a call past it), retries with exponential
+backoff on 429/5xx, timeouts and connection errors. A failed call's error keeps the HTTP status and the
+server's own error text; an answer with ``content: null`` is an error, never an empty answer.
+
+The API key is read from an environment variable whose *name* is configured; the key itself
 is never logged, stored in the config, the cache or the warehouse, and is scrubbed from error text
 (a server may echo request headers back, and run errors are stored in the warehouse catalog).
 """
@@ -20,6 +24,7 @@ import httpx
 from pydantic import Field
 
 from factory.backends.base import BackendConfig, BackendUnavailable, ChatRequest, Completion, register_backend
+from factory.call_errors import short_error
 from factory.structured import OutputConstraint
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -32,7 +37,7 @@ class OpenAIConfig(BackendConfig):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="server root, ending in /v1")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the key")
     concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="deadline of one request attempt, body included")
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(0.5, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -110,19 +115,27 @@ class OpenAIBackend:
         for attempt in range(self.config.max_retries + 1):
             wait = self.config.backoff_s * (2 ** attempt) * (0.5 + random.random())
             try:
-                resp = await client.post("/chat/completions", json=body)
-            except httpx.TimeoutException as exc:
-                last_error = f"{type(exc).__name__} after {self.config.timeout_s:g}s {exc}".rstrip()
+                # httpx's timeouts bound each read, not the request: a body trickled a byte at a time
+                # never trips them. The deadline covers the whole attempt, body included.
+                async with asyncio.timeout(self.config.timeout_s):
+                    resp = await client.post("/chat/completions", json=body)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                last_error = (f"timed out: no complete answer within timeout_s={self.config.timeout_s:g}s "
+                              f"({type(exc).__name__})")
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:
                     try:
                         return self._parse(resp.json())
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        last_error = f"malformed response ({type(exc).__name__}): {self._redact(resp.text)[:200]}"
+                    except NullContent as exc:
+                        last_error = str(exc)
                         break
-                last_error = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redact, then cut
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                        shown = short_error(self._redact(resp.text))
+                        last_error = f"malformed response ({type(exc).__name__}): {shown}"
+                        break
+                last_error = f"HTTP {resp.status_code}: {short_error(error_text(self._redact(resp.text)))}"
                 self._raise_for_setup(resp.status_code, last_error)
                 if req.params.constraint is not None and resp.status_code in (400, 422, 500):
                     self._raise_for_constraint(req.params.constraint, resp)
@@ -165,9 +178,35 @@ class OpenAIBackend:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        text = (choice.get("message") or {}).get("content") or ""
+        text = choice["message"].get("content")
+        if text is None:  # a refusal, a tool call, a reasoning model that ran out of tokens: not an answer
+            raise NullContent(f"the server answered content: null (finish_reason "
+                              f"{choice.get('finish_reason')!r}); no text to keep")
+        if not isinstance(text, str):
+            raise TypeError(f"content is {type(text).__name__}, not text")
         return Completion(text.strip(), finish, int(usage.get("prompt_tokens") or 0),
                           int(usage.get("completion_tokens") or 0))
+
+
+class NullContent(ValueError):
+    """A 200 answer whose message content is null: an error, so it is never cached as an empty answer."""
+
+
+def error_text(body: str) -> str:
+    """The message of an error body (``{"error": {"message": …}}``, ``{"error": "…"}``, ``{"detail": …}``,
+    ``{"message": …}``), else the body itself: what the server said, without the JSON around it."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            found = data.get(key)
+            if isinstance(found, dict):
+                found = found.get("message") or found.get("detail") or found
+            if isinstance(found, str) and found.strip():
+                return found
+    return body
 
 
 def constraint_body(constraint: OutputConstraint, dialect: str) -> dict[str, Any]:

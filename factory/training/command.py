@@ -48,7 +48,7 @@ def train(
     = None,
 ) -> None:
     """Fine-tune a model on a release (SFT or DPO, full or LoRA); resumes after a crash; registers it."""
-    from factory.cli import err, fail, out
+    from factory.terminal import err, fail, out
     from factory.training.config import TrainConfigError, load_train_config
 
     overrides: dict[str, Any] = {

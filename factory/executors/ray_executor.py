@@ -1,0 +1,102 @@
+"""Map stages on a Ray cluster, through Ray Data: one actor per model copy, shards written by workers.
+
+The driver turns the shards still to do into a small dataset of shard descriptions
+(``ray.data.from_items``, one block each) and maps it with ``map_batches`` over an actor class,
+:class:`ShardWorker`, that loads the stage and the backend once per actor (``concurrency`` actors,
+``num_gpus`` each where the model needs a GPU). Each actor reads its shard's rows straight from the
+warehouse folder (which must be on storage every node sees), runs the stage's ``process``, writes the
+shard's Parquet files and returns only their paths and counts; the driver registers each shard as it
+streams back, so a killed driver or worker loses at most the shards in flight. Ray Data restarts a
+dead actor and retries its task (``max_restarts=-1``, ``max_task_retries=-1`` by default for actor
+pools), and a shard rewritten by a retry has the same content, path and ids.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from factory.cache import CallCache
+from factory.executors.base import ExecutorConfig, register_executor
+from factory.map_stage import MapJob, ShardResult, ShardSpec, make_context, registered_maps, run_shard
+
+
+class RayExecutorConfig(ExecutorConfig):
+    kind: Literal["ray"] = "ray"
+    address: str | None = Field("auto", description="'auto': the running cluster (`ray start`, RAY_ADDRESS); "
+                                "an address 'host:port' or 'ray://…'; null: start a local one in this process")
+    concurrency: int = Field(2, ge=1, description="actors, i.e. model copies working at once")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per actor")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor (set it for GPU backends such as vllm)")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the actors (pip, env_vars…)")
+
+
+class ShardWorker:
+    """A Ray Data actor: the stage and its backend, loaded once, then one shard per call."""
+
+    def __init__(self, job: MapJob):
+        from factory.backends import load_backend
+        from factory.models import registered_in
+
+        if os.path.isdir(job.cwd):
+            os.chdir(job.cwd)  # the stage config's relative paths (eval sets…) mean what they meant there
+        self.job = job
+        backend = None
+
+        def load():
+            nonlocal backend
+            if backend is None:
+                with registered_in(job.root):
+                    backend = load_backend(job.backend_config)
+            return backend
+
+        self.cache_path = Path(job.root) / "cache" / "calls.sqlite"  # shared: every worker's calls
+        self.stage = registered_maps()[job.kind].fn()
+        self.ctx = make_context(job, load if job.backend_config is not None else None, None)
+        self.stage.setup(self.ctx, job.stage_config, job.shared)
+        self.cache_thread: int | None = None
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        if self.cache_thread != threading.get_ident():  # Ray Data calls from a pool thread; SQLite wants its own
+            self.ctx.cache = CallCache(self.cache_path)
+            self.cache_thread = threading.get_ident()
+        results = [run_shard(self.stage, self.job, self.ctx, ShardSpec.from_json(str(text))).to_json()
+                   for text in batch["spec"]]
+        return {"result": results}
+
+
+@register_executor(RayExecutorConfig)
+class RayExecutor:
+    def __init__(self, config: RayExecutorConfig):
+        self.config = config
+
+    def _connect(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("executor kind 'ray' needs Ray: pip install 'dataset-factory[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=self.config.address, include_dashboard=False, log_to_driver=False,
+                     runtime_env=self.config.runtime_env)
+
+    def run_shards(self, job: MapJob, specs: Sequence[ShardSpec], on_result: Callable[[ShardResult], None],
+                   local_backend: Callable[[], Any] | None = None, cache: Any = None,
+                   show_progress: bool = True) -> None:
+        if not specs:
+            return
+        self._connect()
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the runner shows one bar over shards
+        cfg = self.config
+        ds = ray.data.from_items([{"spec": s.to_json()} for s in specs], override_num_blocks=len(specs))
+        pool = ray.data.ActorPoolStrategy(size=cfg.concurrency, max_tasks_in_flight_per_actor=1)
+        ds = ds.map_batches(ShardWorker, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool,
+                            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        for row in ds.iter_rows():  # streams: each shard is registered as soon as it is back
+            on_result(ShardResult.from_json(row["result"]))
