@@ -107,6 +107,8 @@ class ReleaseSpec(BaseModel):
     min_score: float | None = Field(None, description="keep samples whose score is at least this (needs `scores`)")
     score_column: str | None = Field(None, description="column of `scores` (default: composite, else score)")
     include_gold: bool = Field(False, description="also publish tasks' gold answers (seeds) as sft rows")
+    gold_sources: list[str] | None = Field(None, description="with include_gold: only the gold answers of tasks of "
+                                           "these sources (e.g. [seed]: human answers, not a generator's)")
 
 
 # -- versions -----------------------------------------------------------------------------------------
@@ -270,6 +272,8 @@ def gather(wh: Warehouse, run_ids: Sequence[str], spec: ReleaseSpec,
             _col(s, "round", pl.Int64()), _col(s, "parent_ids", pl.List(pl.String()))).select(SFT_COLUMNS))
     if spec.include_gold and not tasks.is_empty() and "gold_answer" in tasks.columns:
         g = tasks.filter(pl.col("gold_answer").is_not_null() & (pl.col("gold_answer").str.strip_chars() != ""))
+        if spec.gold_sources is not None:
+            g = g.filter(pl.col("source").is_in(spec.gold_sources))
         if not g.is_empty():
             g = g.with_columns(
                 pl.col("gold_answer").alias("output"),

@@ -91,9 +91,10 @@ def round_outcome(wh: Warehouse, r: int) -> dict:
     row = wh.query("SELECT * FROM rounds WHERE round = ?", [r]).row(0, named=True)
     weights = next((wh.root / "models" / row["model_out"]).glob("*.safetensors")).read_bytes()
     release = json.loads(next((wh.root / "releases").rglob(f"{r + 1}.0.0/manifest.json")).read_text())
-    return {"samples": sorted(wh.query("SELECT id FROM samples WHERE run_id = ?", [row["run_id"]])["id"]),
+    return {"samples": sorted(wh.query("SELECT sample_id FROM samples WHERE run_id = ?", [row["run_id"]])["sample_id"]),
             "release": release["content_hash"], "weights": hashlib.sha256(weights).hexdigest(),
-            "evals": wh.query("SELECT suite, item_id, answer, correct, nll FROM evals ORDER BY ALL").rows(),
+            "evals": wh.query("SELECT model, suite, item_id, answer, correct, nll FROM evals WHERE model IN (?, ?) "
+                              "ORDER BY ALL", [row["model_in"], row["model_out"]]).rows(),
             "diffs": wh.query("SELECT suite, diff FROM round_evals WHERE round = ? ORDER BY suite", [r]).rows()}
 
 

@@ -276,3 +276,8 @@ def test_gold_answers_make_a_seeds_only_release(warehouse: Warehouse, tmp_path: 
     with_gold = [r for r in seed_rows[:5] if (r.get("output") or "").strip()]
     assert df.height == len(with_gold) > 0
     assert set(df["producer"]) == {"human"} and set(df["source"]) == {"seed"}
+    # gold_sources keeps only the named sources' gold answers: none of these tasks is a `problem`
+    spec["stages"][1].update(gold_sources=["problem"], version="2.0.0")
+    spec["name"] = "golden-problems"
+    with pytest.raises(releases.ReleaseError, match="no kept samples to publish"):
+        run_pipeline(parse_pipeline(spec), show_progress=False)
