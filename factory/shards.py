@@ -107,13 +107,6 @@ def commit_sharded_stage(wh: Warehouse, run_id: str, stage: str, stats: StageSta
                             "shard) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [run_id, stage, f["table"], f["path"], f["rows"], f["bytes"], f["sha256"], created, key])
         con.execute("DELETE FROM pending_shards WHERE run_id=? AND stage=?", [run_id, stage])
-        con.execute("DELETE FROM stages WHERE run_id=? AND stage=?", [run_id, stage])
-        con.execute(
-            "INSERT INTO stages (run_id, stage, kind, position, status, records_in, records_out, records_rejected, "
-            "calls, cached_calls, prompt_tokens, completion_tokens, seconds, metrics, started_at, finished_at) "
-            "VALUES (?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, stage, stats.kind, stats.position, stats.records_in, stats.records_out,
-             stats.records_rejected, stats.calls, stats.cached_calls, stats.prompt_tokens,
-             stats.completion_tokens, stats.seconds, stats.metrics, stats.started_at or now(), now()])
+        wh.record_stage_done(con, run_id, stage, stats)
         wh._refresh_views(con)
         con.execute("COMMIT")

@@ -240,6 +240,18 @@ class Warehouse:
             rows = con.execute("SELECT stage FROM stages WHERE run_id=? AND status='done'", [run_id]).fetchall()
         return {r[0] for r in rows}
 
+    @staticmethod
+    def record_stage_done(con: duckdb.DuckDBPyConnection, run_id: str, stage: str, stats: StageStats) -> None:
+        """The stage's one ``done`` row (inside the caller's transaction, with its files)."""
+        con.execute("DELETE FROM stages WHERE run_id=? AND stage=?", [run_id, stage])
+        con.execute(
+            "INSERT INTO stages (run_id, stage, kind, position, status, records_in, records_out, records_rejected, "
+            "calls, cached_calls, prompt_tokens, completion_tokens, seconds, metrics, started_at, finished_at) "
+            "VALUES (?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, stage, stats.kind, stats.position, stats.records_in, stats.records_out,
+             stats.records_rejected, stats.calls, stats.cached_calls, stats.prompt_tokens,
+             stats.completion_tokens, stats.seconds, stats.metrics, stats.started_at or now(), now()])
+
     def commit_stage(self, run_id: str, stage: str, tables: Mapping[str, pl.DataFrame],
                      stats: StageStats) -> dict[str, Path]:
         """Write a stage's tables atomically, then register them and mark the stage done in one transaction."""
@@ -258,12 +270,7 @@ class Warehouse:
                 con.execute("INSERT INTO files (run_id, stage, table_name, path, rows, bytes, sha256, created_at) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             [run_id, stage, table, str(path.relative_to(self.root)), rows, size, digest, now()])
-            con.execute("DELETE FROM stages WHERE run_id=? AND stage=?", [run_id, stage])
-            con.execute(
-                "INSERT INTO stages VALUES (?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, stage, stats.kind, stats.position, stats.records_in, stats.records_out,
-                 stats.records_rejected, stats.calls, stats.cached_calls, stats.prompt_tokens,
-                 stats.completion_tokens, stats.seconds, stats.metrics, stats.started_at or now(), now()])
+            self.record_stage_done(con, run_id, stage, stats)
             self._refresh_views(con)
             con.execute("COMMIT")
         kept = {w[0] for w in written.values()}
