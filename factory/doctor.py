@@ -48,12 +48,12 @@ class Diagnosis:
 
 def _release_damage(wh: Warehouse, name: str, version: str, folder: Path) -> list[Damage]:
     """Every file of one release that differs from its manifest (or the manifest itself)."""
-    from factory.releases import ReleaseError, _load_manifest, validate_manifest
+    from factory.releases import ReleaseError, load_manifest, validate_manifest
 
     ref = f"{name}@{version}"
     rel = str(folder.relative_to(wh.root))
     try:
-        manifest = _load_manifest(folder)
+        manifest = load_manifest(folder)
         validate_manifest(manifest)
     except ReleaseError as exc:
         return [Damage(f"{rel}/manifest.json", str(exc).split(": ", 1)[-1], release=ref)]
@@ -199,8 +199,8 @@ def _repair_release(wh: Warehouse, ref: str, damage: list[Damage], result: Repai
     """Put back release files whose re-made bytes match the manifest; move unexpected files away."""
     from factory.releases import (
         ReleaseError,
-        _load_manifest,
         gather,
+        load_manifest,
         parse_ref,
         releases_root,
         render_card,
@@ -212,7 +212,7 @@ def _repair_release(wh: Warehouse, ref: str, damage: list[Damage], result: Repai
     how = (f"restore releases/{name}/{version} from a copy (the Hub: `factory push` uploaded it) or publish the "
            "runs again as a new version")
     try:
-        manifest = _load_manifest(folder)
+        manifest = load_manifest(folder)
     except ReleaseError:
         result.unresolved.append(f"release {ref}: manifest.json is damaged: {how}")
         return

@@ -440,7 +440,7 @@ class PublishResult:
         return f"{self.name}@{self.version}"
 
 
-def _load_manifest(folder: Path) -> dict[str, Any]:
+def load_manifest(folder: Path) -> dict[str, Any]:
     """The release's manifest, or a ReleaseError naming the file (a corrupted one is not a traceback)."""
     path = folder / "manifest.json"
     try:
@@ -505,11 +505,11 @@ def _publish_locked(wh: Warehouse, name: str, spec: ReleaseSpec, g: Gathered, na
     existing = versions(wh, name)
     version = spec.version
     if version is None:
-        if existing and _load_manifest(name_dir / existing[-1])["content_hash"] == digest:
+        if existing and load_manifest(name_dir / existing[-1])["content_hash"] == digest:
             return PublishResult(name, existing[-1], name_dir / existing[-1], False, digest, rows)
         version = bump(existing[-1] if existing else None, spec.bump)
     if version in existing:
-        old = _load_manifest(name_dir / version)["content_hash"]
+        old = load_manifest(name_dir / version)["content_hash"]
         if old != digest:
             raise ReleaseConflict(f"release {name}@{version} already exists with different content "
                                   f"({old[:12]} vs {digest[:12]}); versions are immutable: publish a new version "
@@ -606,7 +606,7 @@ def sync_catalog(wh: Warehouse) -> None:
     for n, v in sorted(on_disk - known):
         folder = releases_root(wh) / n / v
         try:
-            manifest = _load_manifest(folder)
+            manifest = load_manifest(folder)
             validate_manifest(manifest)
         except ReleaseError as exc:  # not registrable: say so, register the rest
             sys.stderr.write(f"warning: release {n}@{v} not registered: {exc}\n")
@@ -652,7 +652,7 @@ def _unregistered_rows(wh: Warehouse, df: pl.DataFrame) -> pl.DataFrame:
                 continue
             folder = releases_root(wh) / n / v
             try:
-                m = _load_manifest(folder)
+                m = load_manifest(folder)
                 validate_manifest(m)
             except ReleaseError:
                 continue  # the views check it below; doctor names it
@@ -668,7 +668,7 @@ def _unregistered_rows(wh: Warehouse, df: pl.DataFrame) -> pl.DataFrame:
 def verified_files(wh: Warehouse, name: str, version: str, folder: Path) -> dict[str, list[str]]:
     """A release's data files per config, from its manifest, after checking each against its sha256
     (remembered per process while a file is unchanged); raises ReleaseError naming what differs."""
-    manifest = _load_manifest(folder)
+    manifest = load_manifest(folder)
     validate_manifest(manifest)
     Release(name, version, folder, manifest).verify(memo=True)
     return {c: info["files"] for c, info in manifest.get("configs", {}).items()}
@@ -798,7 +798,7 @@ def open(ref: str, warehouse: str | os.PathLike[str] | Warehouse | None = None, 
     elif version not in found:
         raise ReleaseError(f"no release {name}@{version} in {releases_root(wh)}; versions: {', '.join(found)}")
     folder = releases_root(wh) / name / version
-    manifest = _load_manifest(folder)
+    manifest = load_manifest(folder)
     validate_manifest(manifest)
     release = Release(name, version, folder, manifest)
     if verify:

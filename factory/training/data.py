@@ -10,7 +10,6 @@ from their string columns.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +55,10 @@ class ReleaseSource:
 
 
 def _open_folder(folder: Path, origin: str) -> ReleaseSource:
-    manifest_path = folder / "manifest.json"
+    if not (folder / "manifest.json").exists():
+        raise TrainingError(f"{folder} is not a release folder (no manifest.json)")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"{folder} is not a release folder (no manifest.json)") from None
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"{manifest_path} cannot be read: {exc}") from None
-    try:
+        manifest = releases.load_manifest(folder)  # a corrupted one is one line naming the file
         releases.validate_manifest(manifest)
         release = releases.Release(manifest["name"], manifest["version"], folder, manifest)
         release.verify()
