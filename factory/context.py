@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich.console import Console
@@ -16,6 +16,9 @@ from factory.cache import CallCache
 from factory.call_errors import DEFAULT_MAX_ERROR_FRACTION, ErrorTally
 from factory.call_log import CallLog
 from factory.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from factory.executors.base import Executor
 
 console = Console(stderr=True)
 
@@ -47,6 +50,9 @@ class StageContext:
     errors: ErrorTally = field(init=False)
     #: one row per request of ``generate`` (the ``calls`` table), taken by whoever commits the stage or shard
     call_log: CallLog = field(default_factory=CallLog)
+    #: the pipeline's executor (factory/executors/): a global stage may hand its heavy parts to its
+    #: ``map_reduce`` when it is ``remote`` (dedup does); None for a stage run outside a pipeline
+    executor: Executor | None = None
     _backend: Backend | None = None
 
     def __post_init__(self) -> None:

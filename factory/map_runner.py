@@ -56,8 +56,9 @@ def run_map_stage(ctx: StageContext, stage_cfg: Any, backend_config: Any,
             register_shard(wh, run_id, name, res.key, res.files, res.stats)
             advance(1)
 
-        load_executor(executor_config).run_shards(job, todo, on_result, local_backend=ctx.backend_loader,
-                                                  cache=ctx.cache, show_progress=per_shard_bars)
+        executor = ctx.executor if ctx.executor is not None else load_executor(executor_config)
+        executor.run_shards(job, todo, on_result, local_backend=ctx.backend_loader,
+                            cache=ctx.cache, show_progress=per_shard_bars)
 
     finished = pending(wh, run_id, name)
     missing = [k for k in keys if k not in finished]

@@ -24,6 +24,7 @@ from factory.call_errors import DEFAULT_MAX_ERROR_FRACTION, stages_with_model_er
 from factory.call_log import CALLS_TABLE
 from factory.config import PipelineBase
 from factory.context import StageContext, console
+from factory.executors import load_executor
 from factory.integrity import heal_on_start, redo_damaged_stages
 from factory.map_runner import is_map_stage, run_map_stage
 from factory.models import registered_in
@@ -85,6 +86,7 @@ class Runner:
         result = RunResult(self.run_id, wh)
         max_errors = cfg.backend.max_error_fraction if cfg.backend is not None else DEFAULT_MAX_ERROR_FRACTION
         cache = CallCache(wh.root / "cache" / "calls.sqlite")
+        executor = load_executor(cfg.executor)  # connects to a cluster only when first used
         try:
             for position, stage_cfg in enumerate(cfg.stages):
                 name = stage_cfg.stage_name
@@ -95,7 +97,8 @@ class Runner:
                     run_id=self.run_id, stage_name=name, position=position, round=cfg.round,
                     seed=cfg.seed, warehouse=wh, earlier_stages=[s.stage_name for s in cfg.stages[:position]],
                     backend_loader=self._load_backend if stage_cfg.uses_backend else None,
-                    cache=cache, show_progress=self.show_progress, max_error_fraction=max_errors)
+                    cache=cache, show_progress=self.show_progress, max_error_fraction=max_errors,
+                    executor=executor)
                 if is_map_stage(stage_cfg.kind):  # batch by batch, one shard each, on the pipeline's executor
                     result.stages.append(run_map_stage(ctx, stage_cfg, cfg.backend, cfg.executor))
                     continue

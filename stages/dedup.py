@@ -21,7 +21,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.context import StageContext
-from factory.dedup import REASONS, DedupResult, DedupSettings, check_drop_fraction, dedup
+from factory.dedup import REASONS, DedupResult, DedupSettings, check_drop_fraction, dedup, distributed
+from factory.dedup.distributed import MapReduce
 from factory.dedup.exact import Normalization, text_hash
 from factory.dedup.minhash import MinHashParams, text_signatures
 from factory.dedup.semantic import Embedder, load_embedder
@@ -136,9 +137,11 @@ class Outcome:
 
 
 def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame, cfg: DedupConfig,
-                    log=lambda m: None) -> Outcome:
+                    log=lambda m: None, map_reduce: MapReduce | None = None) -> Outcome:
     """Dedup ``current`` records against each other and against ``history`` (kept, never dropped),
-    reusing the warehouse's stored signatures and embeddings and returning the new ones."""
+    reusing the warehouse's stored signatures and embeddings and returning the new ones. With
+    ``map_reduce`` (a remote executor's), the new signatures and embeddings and the near-duplicate
+    candidate search are computed by its workers."""
     table = cfg.table
     cur = records_frame(current, table, cfg, fixed=False)
     hist = records_frame(history, table, cfg, fixed=True)
@@ -153,28 +156,30 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
     new_vecs: list[pl.DataFrame] = []
 
     def signatures_for(rows: pl.DataFrame) -> np.ndarray:
+        """Stored signatures by record id, the rest computed (columnar: no Python object per value)."""
+        width = settings.minhash.num_perm
+        out = np.empty((rows.height, width), dtype=np.uint32)
+        have = np.zeros(rows.height, dtype=bool)
         stored = wh.read(SIGNATURES_TABLE)
-        known: dict[str, np.ndarray] = {}
         if stored.height:
-            stored = stored.filter((pl.col("space") == space) & pl.col("record_id").is_in(rows["id"].implode()))
-            stored = stored.unique("record_id", keep="first")
-            if stored.height:
-                mat = np.asarray(stored["signature"].to_list(), dtype=np.uint32)
-                known = dict(zip(stored["record_id"].to_list(), mat, strict=True))
-        ids = rows["id"].to_list()
-        todo = [i for i, rid in enumerate(ids) if rid not in known]
-        out = np.empty((len(ids), settings.minhash.num_perm), dtype=np.uint32)
-        for i, rid in enumerate(ids):
-            if rid in known:
-                out[i] = known[rid]
-        if todo:
-            fresh = text_signatures(rows["text"].gather(todo), settings.minhash)
+            stored = stored.filter(pl.col("space") == space).unique("record_id", keep="first")
+            hit = rows.select("id").with_row_index("pos").join(
+                stored.select(pl.col("record_id").alias("id"), "signature"), on="id")
+            if hit.height:
+                pos = hit["pos"].to_numpy()
+                out[pos] = hit["signature"].list.to_array(width).to_numpy()
+                have[pos] = True
+        todo = np.flatnonzero(~have)
+        if len(todo):
+            texts = rows["text"].gather(todo)
+            fresh = (distributed.signatures(texts, settings.minhash, map_reduce) if map_reduce is not None
+                     else text_signatures(texts, settings.minhash))
             out[todo] = fresh
             new_sigs.append(pl.DataFrame({
                 "record_id": rows["id"].gather(todo), "table": table, "space": space,
-                "signature": pl.Series(fresh.tolist(), dtype=pl.List(pl.UInt32))}))
+                "signature": pl.Series(fresh).cast(pl.List(pl.UInt32))}))
         metrics["signatures_computed"] = len(todo)
-        metrics["signatures_reused"] = len(ids) - len(todo)
+        metrics["signatures_reused"] = rows.height - len(todo)
         return out
 
     def cached_vectors(name: str) -> Callable[[pl.DataFrame], np.ndarray]:
@@ -196,7 +201,8 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
             todo = sorted({h: i for i, h in reversed(list(enumerate(hl))) if h not in known}.values())
             if todo:
                 texts = rows["text"].gather(todo).to_list()
-                fresh = emb.encode(texts)
+                fresh = (distributed.embeddings(texts, name, map_reduce) if map_reduce is not None
+                         else emb.encode(texts))
                 for i, vec in zip(todo, fresh, strict=True):
                     known[hl[i]] = vec
                 new_vecs.append(pl.DataFrame({
@@ -214,7 +220,8 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
         vectors_for, accurate_for = cached_vectors("minilm-static"), cached_vectors("minilm")
     else:
         vectors_for, accurate_for = cached_vectors(cfg.embedder), None
-    result = dedup(frame, settings, signatures_for, vectors_for, accurate_for) if fresh > 0 else DedupResult()
+    result = (dedup(frame, settings, signatures_for, vectors_for, accurate_for, map_reduce) if fresh > 0
+              else DedupResult())
     if same.height:  # ids already held by another run: exact duplicates of that very record
         held = pl.DataFrame({"id": same["id"], "kind": "exact", "duplicate_of": same["id"], "similarity": 1.0})
         result = DedupResult.concat([DedupResult(held, DedupResult().clusters), result])
@@ -230,7 +237,8 @@ def run(ctx: StageContext, cfg: DedupConfig) -> StageOutput:
     table = cfg.table
     current = ctx.inputs(table)
     history = ctx.history(table) if cfg.against_history else current.head(0)
-    out = find_duplicates(ctx.warehouse, current, history, cfg, ctx.log)
+    remote = ctx.executor is not None and ctx.executor.remote
+    out = find_duplicates(ctx.warehouse, current, history, cfg, ctx.log, ctx.executor.map_reduce if remote else None)
     res = out.result
     check_drop_fraction(res, out.records, cfg.max_drop_fraction, "max_drop_fraction", cfg.thresholds())
     info = out.records.select("id", "text", "fixed", "run_id")

@@ -96,6 +96,39 @@ def test_signatures_equal_datasketch_and_banded_equals_minhashlsh():
     assert np.array_equal(lsh[0], banded[0]) and np.array_equal(lsh[1], banded[1])
 
 
+def near_corpus(n: int = 300, edited: int = 100, seed: int = 3) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(300)]
+    base = [" ".join(rng.choice(words, int(rng.integers(8, 25)))) for _ in range(n)]
+    return base + [t.replace(t.split()[2], "zz", 1) for t in base[:edited]] + ["", "ab"]
+
+
+def test_map_reduce_candidates_equal_the_in_process_ones():
+    """The band-key shuffle (what a Ray executor runs) finds exactly candidates_banded's pairs, whatever
+    the chunking and the number of partitions; near_dedup through it drops the same records."""
+    from factory.dedup import distributed
+    from factory.executors.base import map_reduce_here
+
+    texts = near_corpus()
+    params = MinHashParams(threshold=0.45)
+    sigs = text_signatures(texts, params)
+    query = np.arange(0, len(texts), 2)
+    want = candidates_banded(sigs, params, query)
+    assert len(want[0]) >= 50
+
+    def small_chunks(*args, **kw):
+        return map_reduce_here(*args, **{**kw, "chunk_rows": 37})
+
+    for partitions in (1, 7):
+        got = distributed.candidates(sigs, params, query, small_chunks, partitions=partitions)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert np.array_equal(distributed.signatures(pl.Series(texts), params, small_chunks), sigs)
+    local = near_dedup(frame(texts), params, candidates="banded")
+    spread = near_dedup(frame(texts), params, map_reduce=small_chunks)
+    assert local.drops.height >= 50 and local.drops.sort("id").equals(spread.drops.sort("id"))
+    assert local.clusters.sort("record_id").equals(spread.clusters.sort("record_id"))
+
+
 def test_near_catches_small_edits_and_keeps_unrelated():
     base = "Write a short story about a lighthouse keeper who finds a message in a bottle on the beach"
     texts = [base,

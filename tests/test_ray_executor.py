@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import polars as pl
 import psutil
 import pytest
 import ray
@@ -74,6 +75,31 @@ def baseline(tmp_path_factory, seeds: Path) -> dict:
     got = outcome(tmp / "wh")
     assert len(got["samples"]) >= TASKS // 2 and got["duplicates"] == 0
     return got
+
+
+def test_dedup_on_ray_drops_what_the_local_path_drops(cluster: str):
+    """Signatures in Ray tasks, the band-key shuffle in ``groupby.map_groups``: the same drops and clusters."""
+    import numpy as np
+
+    from factory.dedup import near_dedup
+    from factory.dedup.minhash import MinHashParams
+    from factory.executors.ray_executor import RayExecutor, RayExecutorConfig
+    from tests.test_dedup import frame, near_corpus
+
+    texts = near_corpus(n=2_000, edited=500)
+    params = MinHashParams(threshold=0.6)
+    executor = RayExecutor(RayExecutorConfig(address=cluster))
+
+    def spread(*args, **kw):  # small chunks and several partitions, so rows of one bucket meet across blocks
+        return executor.map_reduce(*args, **{**kw, "chunk_rows": 300})
+
+    local = near_dedup(frame(texts), params, candidates="banded")
+    on_ray = near_dedup(frame(texts), params, map_reduce=spread)
+    assert local.drops.height >= 400
+    assert local.drops.sort("id").equals(on_ray.drops.sort("id"))
+    assert local.clusters.sort("record_id").equals(on_ray.clusters.sort("record_id"))
+    keys = executor.map_reduce(pl.DataFrame({"k": np.arange(100) % 3}), lambda f: f, None)
+    assert sorted(keys["k"].to_list()) == sorted((np.arange(100) % 3).tolist())
 
 
 def shard_files(root: Path, stage: str) -> int:

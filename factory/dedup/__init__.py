@@ -17,6 +17,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from factory.dedup import distributed
+from factory.dedup.distributed import MapReduce
 from factory.dedup.exact import Normalization, exact_duplicates
 from factory.dedup.keep import rank_records, sorted_unique, star_groups
 from factory.dedup.minhash import (
@@ -140,10 +142,12 @@ def exact_dedup(df: pl.DataFrame, norm: Normalization | None = None) -> DedupRes
 
 
 def near_dedup(df: pl.DataFrame, params: MinHashParams | None = None, sigs: np.ndarray | None = None,
-               candidates: Literal["lsh", "banded"] = "lsh") -> DedupResult:
+               candidates: Literal["lsh", "banded"] = "lsh", map_reduce: MapReduce | None = None) -> DedupResult:
     """Drop records whose shingle Jaccard similarity to a kept record (verified, not estimated) is >= threshold.
 
-    ``sigs`` are the rows' MinHash signatures when already known (e.g. loaded from the warehouse).
+    ``sigs`` are the rows' MinHash signatures when already known (e.g. loaded from the warehouse). With
+    ``map_reduce`` (a remote executor's), signatures and candidate pairs are made by its workers
+    (factory/dedup/distributed.py); verification and grouping stay here, the same for every executor.
     """
     params = params or MinHashParams()
     ranked = _prepare(df)
@@ -152,11 +156,15 @@ def near_dedup(df: pl.DataFrame, params: MinHashParams | None = None, sigs: np.n
     # a "_norm" column (set by dedup()) holds the text already normalised the same way: reuse it
     normalized = "_norm" in ranked.columns
     texts = ranked["_norm"] if normalized else ranked["text"]
-    if sigs is None:
+    if sigs is None and map_reduce is not None:
+        sigs = distributed.signatures(texts, params, map_reduce, normalized=normalized)
+    elif sigs is None:
         sigs = text_signatures(texts, params, normalized=normalized)
     query = np.flatnonzero(~ranked["fixed"].to_numpy())
-    find = candidates_lsh if candidates == "lsh" else candidates_banded
-    left, right = find(sigs, params, query)
+    if map_reduce is not None:
+        left, right = distributed.candidates(sigs, params, query, map_reduce)
+    else:
+        left, right = (candidates_lsh if candidates == "lsh" else candidates_banded)(sigs, params, query)
     if len(left) == 0:
         return DedupResult()
     # exact Jaccard on the shingle sets of just the rows that have a candidate
@@ -215,12 +223,14 @@ def semantic_dedup(df: pl.DataFrame, vectors: np.ndarray, threshold: float = 0.8
 def dedup(df: pl.DataFrame, settings: DedupSettings = DedupSettings(),
           signatures_for: Callable[[pl.DataFrame], np.ndarray] | None = None,
           vectors_for: Callable[[pl.DataFrame], np.ndarray] | None = None,
-          accurate_for: Callable[[pl.DataFrame], np.ndarray] | None = None) -> DedupResult:
+          accurate_for: Callable[[pl.DataFrame], np.ndarray] | None = None,
+          map_reduce: MapReduce | None = None) -> DedupResult:
     """Exact, then near, then semantic dedup; each method sees only the survivors of the one before.
 
     ``signatures_for(frame)`` / ``vectors_for(frame)`` return MinHash signatures / normalised
     embeddings for a frame's rows (the stage serves them from the warehouse's cache); semantic dedup
-    needs ``vectors_for``. With ``accurate_for`` (a better, slower embedder), semantic dedup is two-step:
+    needs ``vectors_for``. ``map_reduce`` (a remote executor's) spreads near dedup's candidate search over
+its workers. With ``accurate_for`` (a better, slower embedder), semantic dedup is two-step:
     ``vectors_for`` only flags the rows with a close neighbour, and ``accurate_for`` embeds and decides.
     """
     ranked = _prepare(df)
@@ -237,7 +247,7 @@ def dedup(df: pl.DataFrame, settings: DedupSettings = DedupSettings(),
         remaining = drop(exact_dedup(remaining, settings.normalization))
     if settings.near and remaining.height > 1:
         sigs = signatures_for(remaining) if signatures_for else None
-        remaining = drop(near_dedup(remaining, settings.minhash, sigs, settings.candidates))
+        remaining = drop(near_dedup(remaining, settings.minhash, sigs, settings.candidates, map_reduce))
     if settings.semantic and remaining.height > 1:
         if vectors_for is None:
             raise ValueError("semantic dedup needs embeddings: pass vectors_for")

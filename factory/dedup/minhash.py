@@ -317,51 +317,78 @@ def candidates_banded(sigs: np.ndarray, params: MinHashParams = MinHashParams(),
 
     Two texts are candidates when all ``r`` values of some band are equal, which is exactly
     MinHashLSH's bucket rule (its bucket key is the band's bytes). Bands are grouped by a 64-bit hash
-    and then compared value by value, so a hash collision cannot add a pair. Used for millions of
-    texts, where inserting into datasketch's dict-of-sets index one by one would dominate.
+    and then compared value by value (:func:`verified_candidates`), so a hash collision cannot add a
+    pair. Used for millions of texts, where inserting into datasketch's dict-of-sets index one by one
+    would dominate.
     """
-    n = len(sigs)
-    nb, r = params.bands()
-    in_query = None
-    if query is not None:
-        in_query = np.zeros(n, dtype=bool)
-        in_query[np.asarray(query)] = True
+    positions = np.arange(len(sigs), dtype=np.int64)
+    keys = band_keys(sigs, params)
     lefts, rights = [], []
+    for band in range(keys.shape[1]):
+        left, right = pairs_sharing_keys(keys[:, band], positions)
+        lefts.append(left)
+        rights.append(right)
+    return verified_candidates(sigs, params, np.concatenate(lefts), np.concatenate(rights), query)
+
+
+def band_keys(sigs: np.ndarray, params: MinHashParams = MinHashParams()) -> np.ndarray:
+    """(n × bands) 64-bit keys: a band's ``r`` values hashed, mixed with the band's number so that the
+    keys of different bands never meet (one sort or one shuffle can hold every band)."""
+    nb, r = params.bands()
+    keys = np.empty((len(sigs), nb), dtype=np.uint64)
     for band in range(nb):
         cols = np.ascontiguousarray(sigs[:, band * r:(band + 1) * r]).astype(np.uint64)
-        key = np.zeros(n, dtype=np.uint64)
+        key = np.full(len(sigs), band + 1, dtype=np.uint64)
         for c in range(r):
             key = _mix64(key * _GOLDEN + cols[:, c])
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        same_next = ks[1:] == ks[:-1]
-        if not same_next.any():
-            continue
-        # members of buckets with 2+ texts, and each bucket's extent
-        in_bucket = np.zeros(n, dtype=bool)
-        in_bucket[1:] |= same_next
-        in_bucket[:-1] |= same_next
-        members = order[in_bucket]
-        mkeys = ks[in_bucket]
-        gap = 1
-        while gap < len(members):
-            ok = mkeys[gap:] == mkeys[:-gap]
-            if not ok.any():
-                break
-            li, rj = members[:-gap][ok], members[gap:][ok]
-            lefts.append(np.minimum(li, rj))
-            rights.append(np.maximum(li, rj))
-            gap += 1
-    if not lefts:
+        keys[:, band] = key
+    return keys
+
+
+def pairs_sharing_keys(keys: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (left < right) of ``positions`` whose ``keys`` are equal, by one sort."""
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    same_next = ks[1:] == ks[:-1]
+    empty = np.zeros(0, dtype=np.int64)
+    if not same_next.any():
+        return empty, empty
+    # members of buckets with 2+ texts, then each member against the next `gap`-th member of its bucket
+    in_bucket = np.zeros(len(keys), dtype=bool)
+    in_bucket[1:] |= same_next
+    in_bucket[:-1] |= same_next
+    members = positions[order[in_bucket]]
+    mkeys = ks[in_bucket]
+    lefts, rights = [empty], [empty]
+    gap = 1
+    while gap < len(members):
+        ok = mkeys[gap:] == mkeys[:-gap]
+        if not ok.any():
+            break
+        li, rj = members[:-gap][ok], members[gap:][ok]
+        lefts.append(np.minimum(li, rj))
+        rights.append(np.maximum(li, rj))
+        gap += 1
+    return np.concatenate(lefts), np.concatenate(rights)
+
+
+def verified_candidates(sigs: np.ndarray, params: MinHashParams, left: np.ndarray, right: np.ndarray,
+                        query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unique pairs that are equal on every value of at least one band (MinHashLSH's rule) and touch a
+    ``query`` row (all rows when None), sorted."""
+    n = len(sigs)
+    if len(left) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    left, right = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), n)
-    # exact band check: keep pairs equal on every value of at least one band (in chunks: memory)
+    nb, r = params.bands()
+    left, right = _unique_pairs(left, right, n)
     eq = np.zeros(len(left), dtype=bool)
-    for s in range(0, len(left), 65_536):
+    for s in range(0, len(left), 65_536):  # in chunks: memory
         a, b = sigs[left[s:s + 65_536], :nb * r], sigs[right[s:s + 65_536], :nb * r]
         eq[s:s + 65_536] = (a == b).reshape(len(a), nb, r).all(axis=2).any(axis=1)
     left, right = left[eq], right[eq]
-    if in_query is not None:
+    if query is not None:
+        in_query = np.zeros(n, dtype=bool)
+        in_query[np.asarray(query)] = True
         hit = in_query[left] | in_query[right]
         left, right = left[hit], right[hit]
     return left, right

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.map_stage import MapJob, ShardResult, ShardSpec
@@ -33,6 +34,9 @@ class ExecutorConfig(BaseModel):
 
 class Executor(Protocol):
     config: ExecutorConfig
+    #: whether work leaves this process: global stages then hand their heavy parts to ``map_reduce``
+    #: (dedup's signatures, band-key shuffle and embeddings: factory/dedup/distributed.py)
+    remote: bool
 
     def run_shards(self, job: MapJob, specs: Sequence[ShardSpec], on_result: Callable[[ShardResult], None],
                    local_backend: Callable[[], Any] | None = None, cache: Any = None,
@@ -43,6 +47,27 @@ class Executor(Protocol):
         pipeline loads its model once); remote workers load their own.
         """
         ...
+
+
+    def map_reduce(self, frame: pl.DataFrame, map_fn: Callable[[pl.DataFrame], pl.DataFrame],
+                   reduce_fn: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: str | None = None,
+                   chunk_rows: int = 50_000) -> pl.DataFrame:
+        """``map_fn`` on chunks of ``frame`` (≤ ``chunk_rows`` rows); then, with ``reduce_fn``, the mapped
+        rows grouped by column ``by`` and ``reduce_fn`` on each group. All outputs concatenated, in no
+        particular order. The functions must pickle (module-level functions or partials of them)."""
+        ...
+
+
+def map_reduce_here(frame: pl.DataFrame, map_fn: Callable[[pl.DataFrame], pl.DataFrame],
+                    reduce_fn: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: str | None = None,
+                    chunk_rows: int = 50_000) -> pl.DataFrame:
+    """``Executor.map_reduce`` in this process."""
+    mapped = pl.concat([map_fn(chunk) for chunk in frame.iter_slices(chunk_rows)]) if frame.height else map_fn(frame)
+    if reduce_fn is None:
+        return mapped
+    assert by is not None, "map_reduce: a reduce needs the column to group by"
+    groups = mapped.partition_by(by, maintain_order=True) if mapped.height else [mapped]
+    return pl.concat([reduce_fn(group) for group in groups])
 
 
 ExecutorFactory = Callable[[Any], Executor]

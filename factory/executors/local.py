@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from factory.executors.base import ExecutorConfig, register_executor
+from factory.executors.base import ExecutorConfig, map_reduce_here, register_executor
 from factory.map_stage import MapJob, ShardResult, ShardSpec, make_context, registered_maps, run_shard
 
 
@@ -15,6 +15,9 @@ class LocalExecutorConfig(ExecutorConfig):
 
 @register_executor(LocalExecutorConfig)
 class LocalExecutor:
+    remote = False
+    map_reduce = staticmethod(map_reduce_here)
+
     def __init__(self, config: LocalExecutorConfig):
         self.config = config
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import Field
 
 from factory.cache import CallCache
-from factory.executors.base import ExecutorConfig, register_executor
+from factory.executors.base import ExecutorConfig, map_reduce_here, register_executor
 from factory.map_stage import MapJob, ShardResult, ShardSpec, make_context, registered_maps, run_shard
 
 
@@ -72,6 +74,8 @@ class ShardWorker:
 
 @register_executor(RayExecutorConfig)
 class RayExecutor:
+    remote = True
+
     def __init__(self, config: RayExecutorConfig):
         self.config = config
 
@@ -100,3 +104,28 @@ class RayExecutor:
                             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
         for row in ds.iter_rows():  # streams: each shard is registered as soon as it is back
             on_result(ShardResult.from_json(row["result"]))
+
+    def map_reduce(self, frame: pl.DataFrame, map_fn: Callable[[pl.DataFrame], pl.DataFrame],
+                   reduce_fn: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: str | None = None,
+                   chunk_rows: int = 50_000) -> pl.DataFrame:
+        """Ray Data: one block per chunk, ``map_batches`` (a task per block), then ``groupby(by).map_groups``
+        (a shuffle by ``by``) for the reduce; only the outputs come back to the driver."""
+        if frame.is_empty():
+            return map_reduce_here(frame, map_fn, reduce_fn, by, chunk_rows)
+        self._connect()
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        blocks = [chunk.to_arrow(compat_level=pl.CompatLevel.oldest()) for chunk in frame.iter_slices(chunk_rows)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            partial(_on_polars, fn=map_fn), batch_format="pyarrow", batch_size=None, num_cpus=self.config.num_cpus)
+        if reduce_fn is not None:
+            ds = ds.groupby(by).map_groups(partial(_on_polars, fn=reduce_fn), batch_format="pyarrow",
+                                           num_cpus=self.config.num_cpus)
+        tables = [pl.from_arrow(ray.get(ref)) for ref in ds.to_arrow_refs()]
+        return pl.concat([t for t in tables if t.height] or tables[:1], how="vertical_relaxed")
+
+
+def _on_polars(batch: Any, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> Any:
+    """A Ray Data UDF around a polars function: Arrow in, Arrow out."""
+    return fn(pl.from_arrow(batch)).to_arrow(compat_level=pl.CompatLevel.oldest())
