@@ -1,9 +1,17 @@
 """Content-addressed cache of model calls, keyed by model, messages and sampling parameters.
 
-It is the runner's per-batch checkpoint: every finished batch is committed here, so a run killed at
-any moment and started again pays only for the calls it had not finished. The key does not mention the
-run or pipeline, so the cache is reused across runs and pipelines. SQLite (WAL) because several
-processes may share it and a commit must survive ``kill -9``.
+Two implementations of one interface (:class:`CallStore`):
+
+- :class:`CallCache`, the default: ``cache/calls.sqlite``, the runner's per-batch checkpoint. Every
+  finished batch is committed, so a run killed at any moment and started again pays only for the calls
+  it had not finished. SQLite (WAL) because several processes on one machine may share it and a commit
+  must survive ``kill -9``; WAL needs working locks and shared memory, which network filesystems lack.
+- :class:`WarehouseCalls`, for clusters (``executor: {kind: ray, cache: warehouse}``): answers from
+  the warehouse's ``calls`` table, the Parquet files every stage and shard already writes, so workers on
+  any node share it through the storage they already share, with no database server and no locks. Its
+  checkpoint is the shard: a worker killed mid-shard pays that shard's calls again.
+
+The key does not mention the run or pipeline, so either cache is reused across runs and pipelines.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
+
+import polars as pl
 
 from factory.backends.base import ChatRequest, Completion
 from factory.faults import guarded_cache
@@ -23,6 +34,16 @@ CREATE TABLE IF NOT EXISTS calls (
     finish_reason TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     created_at REAL NOT NULL)
 """
+
+
+class CallStore(Protocol):
+    """Where ``StageContext.generate`` looks up answers before calling the backend, and stores new ones."""
+
+    def get_many(self, model_id: str, requests: Sequence[ChatRequest]) -> dict[str, Completion]: ...
+
+    def put_many(self, model_id: str, items: Iterable[tuple[ChatRequest, Completion]]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class CallCache:
@@ -66,3 +87,31 @@ class CallCache:
 
     def close(self) -> None:
         self._con.close()
+
+
+class WarehouseCalls:
+    """Answers from the ``calls`` table's files (given by the driver, so a worker never opens the catalog).
+
+    ``put_many`` stores nothing: a stage's or shard's calls reach the table with its other files, when
+    it is committed (factory/call_log.py). Failed calls are never answers.
+    """
+
+    def __init__(self, files: Sequence[Path]):
+        self.files = [Path(f) for f in files if Path(f).is_file()]
+
+    def get_many(self, model_id: str, requests: Sequence[ChatRequest]) -> dict[str, Completion]:
+        keys = sorted({r.cache_key(model_id) for r in requests})
+        if not keys or not self.files:
+            return {}
+        rows = (pl.scan_parquet(self.files)
+                .filter(pl.col("request_hash").is_in(keys) & pl.col("error").is_null()
+                        & (pl.col("finish_reason") != "error"))
+                .select("request_hash", "response", "finish_reason", "prompt_tokens", "completion_tokens")
+                .unique("request_hash", keep="first").collect())
+        return {key: Completion(text, finish, pt, ct, cached=True) for key, text, finish, pt, ct in rows.iter_rows()}
+
+    def put_many(self, model_id: str, items: Iterable[tuple[ChatRequest, Completion]]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -5,21 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from factory.backends import registered_backends
 from factory.backends.base import BackendConfig
-from factory.evolve import EvolveConfig
+from factory.evolve_config import EvolveConfig
 from factory.executors import registered_executors
 from factory.executors.base import ExecutorConfig
 from factory.executors.local import LocalExecutorConfig
 from factory.names import Name
 from factory.records import canonical_json
-from factory.safe_yaml import YamlLimitError, read_text_capped
-from factory.safe_yaml import load as load_yaml
+from factory.registry import discriminated_union
+from factory.safe_yaml import read_yaml
 from factory.stage import StageConfig, registered
 
 
@@ -68,15 +67,11 @@ class PipelineBase(BaseModel):
         return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
-def _union(configs: list[type[BaseModel]]) -> Any:
-    return Annotated[Union[tuple(configs)], Field(discriminator="kind")]  # noqa: UP007
-
-
 def pipeline_model() -> type[PipelineBase]:
     """The pipeline model with every registered stage and backend in its discriminated unions."""
-    stage_union = _union([s.config for s in registered().values()])
-    backend_union = _union([b.config for b in registered_backends().values()])
-    executor_union = _union([e.config for e in registered_executors().values()])
+    stage_union = discriminated_union([s.config for s in registered().values()])
+    backend_union = discriminated_union([b.config for b in registered_backends().values()])
+    executor_union = discriminated_union([e.config for e in registered_executors().values()])
     return create_model("PipelineConfig", __base__=PipelineBase,
                         backend=(backend_union | None, None),
                         executor=(executor_union, Field(default_factory=LocalExecutorConfig)),
@@ -105,27 +100,6 @@ def parse_pipeline(data: Any, source: str = "<pipeline>") -> PipelineBase:
         raise ConfigError(format_errors(exc, source)) from None
 
 
-def read_yaml(path: str | Path, error: type[Exception] = ConfigError, what: str = "file") -> Any:
-    """The YAML document in ``path``, or ``error`` with one line naming the file (and the line and
-    column of a syntax error). Shared by pipeline, backend and training config files."""
-    path = Path(path)
-    try:
-        text = read_text_capped(path).decode("utf-8")
-        return load_yaml(text)
-    except FileNotFoundError:
-        raise error(f"{path}: no such {what}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except YamlLimitError as exc:
-        raise error(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise error(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-
-
 def load_pipeline(path: str | Path) -> PipelineBase:
     """Read and validate a pipeline YAML file; relative paths in it are kept relative to the CWD."""
-    return parse_pipeline(read_yaml(path, what="pipeline file"), str(path))
+    return parse_pipeline(read_yaml(path, ConfigError, "pipeline file"), str(path))

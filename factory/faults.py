@@ -56,6 +56,10 @@ class DiskFull(OSError):
                 + ": free some space (or move the warehouse with --warehouse) and run the command again")
 
 
+class CatalogBusy(RuntimeError):
+    """The catalog is held by another process longer than the wait allows."""
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000:
@@ -115,7 +119,6 @@ def one_line(exc: BaseException) -> str:
 
 def describe(exc: BaseException) -> tuple[str, int]:
     """The one line and exit code for an exception that reached the CLI's error boundary."""
-    from factory.warehouse import CatalogBusy
 
     text = one_line(exc)
     if isinstance(exc, DiskFull):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.warehouse import pid_alive, sha256_file
+from factory.host import pid_alive, sha256_file
 
 if TYPE_CHECKING:
     from factory.warehouse import Warehouse
@@ -262,18 +262,6 @@ def sweep_unregistered(wh: Warehouse, run_id: str) -> list[Path]:
 
 
 # -- what a run does on start ------------------------------------------------------------------------
-
-
-def heal_on_start(wh: Warehouse, run_id: str) -> None:
-    """Tidy what a killed process left (call it holding the run's lock): the run's temporary files of
-    dead writers and its files written but never registered, and release folders moved into place but
-    never registered (a kill between the rename and ``register``). ``factory repair`` sweeps every run."""
-    from factory.releases import sync_catalog
-
-    sweep_temporaries(wh.root, run_id)
-    sweep_unregistered(wh, run_id)
-    if (wh.root / "releases").is_dir():
-        sync_catalog(wh)
 
 
 def redo_damaged_stages(wh: Warehouse, run_id: str, log: Callable[[str], None] | None = None) -> set[str]:

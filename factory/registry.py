@@ -9,9 +9,9 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 F = TypeVar("F", bound=Callable)
 
@@ -53,3 +53,8 @@ class Registry(Generic[F]):
             return fn
 
         return wrap
+
+
+def discriminated_union(configs: list[type[BaseModel]]) -> Any:
+    """One pydantic type for "any registered config", chosen by its ``kind`` field."""
+    return Annotated[Union[tuple(configs)], Field(discriminator="kind")]  # noqa: UP007

@@ -25,7 +25,8 @@ from factory.call_log import CALLS_TABLE
 from factory.config import PipelineBase
 from factory.context import StageContext, console
 from factory.executors import load_executor
-from factory.integrity import heal_on_start, redo_damaged_stages
+from factory.heal import heal_on_start
+from factory.integrity import redo_damaged_stages
 from factory.map_runner import is_map_stage, run_map_stage
 from factory.models import registered_in
 from factory.records import frame

@@ -95,3 +95,23 @@ def read_text_capped(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
 
 def load(text: str) -> Any:
     return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: str | Path, error: type[Exception] = ValueError, what: str = "file") -> Any:
+    """The YAML document in ``path``, or ``error`` with one line naming the file (and the line and
+    column of a syntax error). Shared by pipeline, backend and training config files."""
+    path = Path(path)
+    try:
+        return load(read_text_capped(path).decode("utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except YamlLimitError as exc:
+        raise error(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None

@@ -23,26 +23,6 @@ CREATE TABLE IF NOT EXISTS pending_shards (
 """
 
 
-def migrate_files_table(con: duckdb.DuckDBPyConnection) -> None:
-    """Give a catalog made before shards existed the ``shard`` column and the wider primary key.
-
-    DuckDB cannot change a primary key in place, so the table is copied; old rows get shard ''.
-    """
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'files' "
-                      "AND column_name = 'shard'").fetchone()[0]
-    if has:
-        return
-    con.execute("BEGIN TRANSACTION")
-    con.execute("ALTER TABLE files RENAME TO files_before_shards")
-    con.execute("CREATE TABLE files (run_id VARCHAR, stage VARCHAR, table_name VARCHAR, path VARCHAR, rows BIGINT, "
-                "bytes BIGINT, sha256 VARCHAR, created_at TIMESTAMP, shard VARCHAR DEFAULT '', "
-                "PRIMARY KEY (run_id, stage, table_name, shard))")
-    con.execute("INSERT INTO files SELECT run_id, stage, table_name, path, rows, bytes, sha256, created_at, '' "
-                "FROM files_before_shards")
-    con.execute("DROP TABLE files_before_shards")
-    con.execute("COMMIT")
-
-
 def _prepare(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_PENDING_DDL)
 

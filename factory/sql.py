@@ -34,19 +34,15 @@ import polars as pl
 import pyarrow as pa
 
 from factory.integrity import usable
-from factory.warehouse import ID_COLUMNS, RECORD_TABLES, Warehouse, kept_sql, select_files
+from factory.releases.views import add_sql_views as add_release_views
+from factory.training.registry import add_sql_views as add_model_views
+from factory.warehouse import ID_COLUMNS, RECORD_TABLES, Warehouse, fetch_polars, kept_sql, select_files
 
 CATALOG_TABLES = ("runs", "stages", "files")
 #: defaults for user queries; override per call or with these environment variables
 DEFAULT_TIMEOUT_S = float(os.environ.get("FACTORY_SQL_TIMEOUT_S", "60"))
 DEFAULT_MEMORY_LIMIT = os.environ.get("FACTORY_SQL_MEMORY_LIMIT", "4GB")
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
-
-
-def fetch_polars(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-    """Run a statement and return its result as polars (works across duckdb 1.x and 2.x)."""
-    relation = con.sql(sql, params=params or None)
-    return relation.pl() if relation is not None else pl.DataFrame()
 
 
 class QueryError(RuntimeError):
@@ -82,12 +78,8 @@ def open_readonly(wh: Warehouse, memory_limit: str | None = None) -> duckdb.Duck
         con.execute(f'CREATE TEMP VIEW "{table}" AS {select_files(table, paths)}')
     for table, id_col in ID_COLUMNS.items():
         con.execute(f'CREATE TEMP VIEW "{table}_kept" AS {kept_sql(table, id_col)}')
-    from factory.releases import add_sql_views  # releases, release_sft, release_preference (before lockdown)
-
-    add_sql_views(con, wh)
-    from factory.training.registry import add_sql_views as add_model_views  # models (trained by `factory train`)
-
-    add_model_views(con, wh)
+    add_release_views(con, wh)  # releases, release_sft, release_preference (before lockdown)
+    add_model_views(con, wh)  # models (trained by `factory train`)
     _lock_down(con, str(wh.root), memory_limit or DEFAULT_MEMORY_LIMIT)
     return con
 

@@ -14,7 +14,6 @@ reads and views (factory.integrity).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -29,7 +28,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from factory.faults import CatalogDamaged, catalog_open_error, is_damage, writing
+from factory.faults import CatalogBusy, CatalogDamaged, catalog_open_error, is_damage, writing
+from factory.host import pid_alive, sha256_file
 from factory.records import conform, polars_schema
 
 #: record tables and the schema kind of their rows; other tables (features, scores…) are free-form
@@ -74,12 +74,10 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def fetch_polars(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    """Run a statement and return its result as polars (works across duckdb 1.x and 2.x)."""
+    relation = con.sql(sql, params=params or None)
+    return relation.pl() if relation is not None else pl.DataFrame()
 
 
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -137,19 +135,24 @@ class StageStats:
     started_at: datetime | None = None
 
 
-def pid_alive(pid: int) -> bool:
-    """Is a process with this id running on this host (a killed run's pid is not)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+def migrate_files_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Give a catalog made before shards existed the ``shard`` column and the wider primary key.
 
-
-class CatalogBusy(RuntimeError):
-    pass
+    DuckDB cannot change a primary key in place, so the table is copied; old rows get shard ''.
+    """
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'files' "
+                      "AND column_name = 'shard'").fetchone()[0]
+    if has:
+        return
+    con.execute("BEGIN TRANSACTION")
+    con.execute("ALTER TABLE files RENAME TO files_before_shards")
+    con.execute("CREATE TABLE files (run_id VARCHAR, stage VARCHAR, table_name VARCHAR, path VARCHAR, rows BIGINT, "
+                "bytes BIGINT, sha256 VARCHAR, created_at TIMESTAMP, shard VARCHAR DEFAULT '', "
+                "PRIMARY KEY (run_id, stage, table_name, shard))")
+    con.execute("INSERT INTO files SELECT run_id, stage, table_name, path, rows, bytes, sha256, created_at, '' "
+                "FROM files_before_shards")
+    con.execute("DROP TABLE files_before_shards")
+    con.execute("COMMIT")
 
 
 class Warehouse:
@@ -187,8 +190,6 @@ class Warehouse:
                 with _PREPARE_LOCK:
                     if self.catalog_path not in _PREPARED:
                         con.execute(_CATALOG_DDL)
-                        from factory.shards import migrate_files_table
-
                         migrate_files_table(con)  # catalogs from before shards: add the shard key
                         _PREPARED.add(self.catalog_path)
             yield con

@@ -100,6 +100,19 @@ def test_failed_calls_are_rows_with_their_error(tmp_path: Path, monkeypatch: pyt
     rejects = wh.query("SELECT count(*) n FROM rejects WHERE run_id = 'r' AND reason = 'model_error'")["n"][0]
     assert rejects == failed.height
 
+    # the calls table is also a cache (the one Ray workers use with cache: warehouse): it answers every request
+    # that succeeded, with its response, and none that failed; it stores nothing itself
+    from factory.cache import WarehouseCalls
+
+    store = WarehouseCalls(wh.files("calls"))
+    requests = [ChatRequest.of(json.loads(r["messages"]), GenParams(**json.loads(r["params"])))
+                for r in label.iter_rows(named=True)]
+    found = store.get_many(label["model"][0], requests)
+    ok = label.filter(pl.col("error").is_null())
+    assert found.keys() == set(ok["request_hash"]) and all(c.cached for c in found.values())
+    assert {k: c.text for k, c in found.items()} == dict(zip(ok["request_hash"], ok["response"], strict=True))
+    assert WarehouseCalls([]).get_many(label["model"][0], requests) == {}
+
 
 @pytest.mark.slow
 def test_calls_of_a_real_run_add_up_in_sql(tmp_path: Path, seed_rows: list[dict]):

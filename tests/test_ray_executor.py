@@ -131,6 +131,16 @@ def test_ray_gives_the_records_of_the_local_executor(tmp_path: Path, cluster: st
     shards = Warehouse(tmp_path / "wh").query("SELECT count(DISTINCT shard) n FROM files WHERE stage = 'score'")
     assert shards["n"][0] == len(baseline["samples"]) // BATCH_ROWS + len(baseline["samples"]) % BATCH_ROWS
 
+    # cache: warehouse (for clusters without a lockable shared filesystem): with the SQLite cache gone, another
+    # run's workers find every answer in the calls table the first run wrote, and the backend is not called
+    (tmp_path / "wh" / "cache" / "calls.sqlite").unlink()
+    again = pipeline(tmp_path, "wh", seeds, {"kind": "ray", "address": cluster, "concurrency": 2, "cache": "warehouse"})
+    again = {**again, "name": "rayed-again", "stages": again["stages"][:2]}
+    rerun = run_pipeline(parse_pipeline(again), show_progress=False)
+    calls = Warehouse(tmp_path / "wh").query("SELECT cache_hit, count(*) n FROM calls WHERE run_id = ? AND "
+                                              "stage = 'self_label' GROUP BY ALL", [rerun.run_id])
+    assert calls.rows() == [(True, TASKS)]
+
 
 def worker_pids() -> list[int]:
     """Ray Data's actor processes (``ray::MapWorker(...)``) on this machine."""

@@ -9,19 +9,19 @@ from pydantic import TypeAdapter, ValidationError
 
 from factory.backends.base import BackendConfig
 from factory.evaluation.run import EvalError
+from factory.registry import discriminated_union
+from factory.safe_yaml import read_yaml
 
 
 def backend_union() -> Any:
     from factory.backends import registered_backends
-    from factory.config import _union
 
-    return _union([b.config for b in registered_backends().values()])
+    return discriminated_union([b.config for b in registered_backends().values()])
 
 
 def read_backend_yaml(path: Path) -> dict[str, Any]:
     """A YAML file holding backend options, either bare (``kind: openai …``) or as a ``backend:`` section
     (so a pipeline file can be passed as it is)."""
-    from factory.config import read_yaml
 
     data = read_yaml(path, EvalError, "backend config file")
     if isinstance(data, dict) and isinstance(data.get("backend"), dict):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from factory.cache import CallCache
+from factory.cache import CallCache, WarehouseCalls
 from factory.executors.base import ExecutorConfig, map_reduce_here, register_executor
 from factory.map_stage import MapJob, ShardResult, ShardSpec, make_context, registered_maps, run_shard
 
@@ -36,12 +36,16 @@ class RayExecutorConfig(ExecutorConfig):
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per actor")
     num_gpus: float = Field(0, ge=0, description="GPUs per actor (set it for GPU backends such as vllm)")
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the actors (pip, env_vars…)")
+    cache: Literal["sqlite", "warehouse"] = Field(
+        "sqlite", description="where workers look up model calls: sqlite (cache/calls.sqlite; one machine, or shared "
+        "storage with working locks) or warehouse (the `calls` table's Parquet files; any shared storage, a "
+        "killed shard pays its calls again)")
 
 
 class ShardWorker:
     """A Ray Data actor: the stage and its backend, loaded once, then one shard per call."""
 
-    def __init__(self, job: MapJob):
+    def __init__(self, job: MapJob, calls_files: list[str] | None = None):
         from factory.backends import load_backend
         from factory.models import registered_in
 
@@ -62,9 +66,12 @@ class ShardWorker:
         self.ctx = make_context(job, load if job.backend_config is not None else None, None)
         self.stage.setup(self.ctx, job.stage_config, job.shared)
         self.cache_thread: int | None = None
+        if calls_files is not None:  # the warehouse's calls table: files, no connection, any thread
+            self.ctx.cache = WarehouseCalls([Path(job.root) / f for f in calls_files])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        if self.cache_thread != threading.get_ident():  # Ray Data calls from a pool thread; SQLite wants its own
+        # Ray Data calls from a pool thread, and a SQLite connection belongs to the thread that made it
+        if not isinstance(self.ctx.cache, WarehouseCalls) and self.cache_thread != threading.get_ident():
             self.ctx.cache = CallCache(self.cache_path)
             self.cache_thread = threading.get_ident()
         results = [run_shard(self.stage, self.job, self.ctx, ShardSpec.from_json(str(text))).to_json()
@@ -100,8 +107,14 @@ class RayExecutor:
         cfg = self.config
         ds = ray.data.from_items([{"spec": s.to_json()} for s in specs], override_num_blocks=len(specs))
         pool = ray.data.ActorPoolStrategy(size=cfg.concurrency, max_tasks_in_flight_per_actor=1)
-        ds = ds.map_batches(ShardWorker, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool,
-                            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        calls_files = None
+        if cfg.cache == "warehouse":  # resolved here: only the driver opens the catalog
+            from factory.warehouse import Warehouse
+
+            wh = Warehouse(job.root)
+            calls_files = [str(p.relative_to(wh.root)) for p in wh.files("calls")]
+        ds = ds.map_batches(ShardWorker, fn_constructor_kwargs={"job": job, "calls_files": calls_files},
+                            batch_size=1, compute=pool, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
         for row in ds.iter_rows():  # streams: each shard is registered as soon as it is back
             on_result(ShardResult.from_json(row["result"]))
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from factory.models import EMBEDDED_LLM
+from factory.safe_yaml import read_yaml
 
 #: fields that do not change the weights (where things go, how loudly, how often to checkpoint), and the
 #: references whose *content* identifies the job instead (release content hash, base model id)
@@ -111,7 +112,6 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConf
     source = "train config"
     if path is not None:
         source = str(path)
-        from factory.config import read_yaml
 
         loaded = read_yaml(path, TrainConfigError)
         if loaded is None:

@@ -118,7 +118,7 @@ def models_frame(wh: Warehouse) -> pl.DataFrame:
     """The catalog's ``models`` table (empty with the right columns when nothing is registered)."""
     df = None
     if wh.catalog_path.exists():
-        from factory.sql import fetch_polars
+        from factory.warehouse import fetch_polars
 
         with wh.connect(read_only=True) as con:
             if _has_table(con):

@@ -38,7 +38,7 @@ N_SEEDS = 6
 def factory(*args: Any) -> Result:
     """``factory ARGS…`` through the real app, as a fresh process would see it (warnings not yet given)."""
     integrity._WARNED.clear()
-    releases._WARNED.clear()
+    releases.views._WARNED.clear()
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -352,7 +352,7 @@ def test_a_kill_between_the_release_rename_and_its_registration_heals(tmp_path: 
         "import os, signal, sys\n"
         "from factory import releases\n"
         "from factory.warehouse import Warehouse\n"
-        "releases.register = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "releases.publishing.register = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"releases.publish(Warehouse({str(wh.root)!r}), 'healed', [{run_id!r}])\n")
     killed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
