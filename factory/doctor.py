@@ -21,6 +21,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from factory.host import sha256_file
 from factory.integrity import (
     Damage,
     check_files,
@@ -30,7 +31,7 @@ from factory.integrity import (
     sweep_temporaries,
 )
 from factory.run_lock import RunBusy, run_lock
-from factory.warehouse import Warehouse, sha256_file
+from factory.warehouse import Warehouse
 
 
 @dataclass

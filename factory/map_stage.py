@@ -31,10 +31,11 @@ import polars as pl
 
 from factory.call_log import CALLS_TABLE
 from factory.context import StageContext
+from factory.host import sha256_file
 from factory.records import conform, frame
 from factory.registry import Entry, Registry
 from factory.stage import StageOutput
-from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, RECORD_TABLES, atomic_write_parquet, sha256_file
+from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, RECORD_TABLES, atomic_write_parquet
 
 
 @dataclass(frozen=True)

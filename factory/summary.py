@@ -7,8 +7,9 @@ import socket
 import polars as pl
 from rich.console import Console
 
+from factory.host import pid_alive
 from factory.terminal import print_frame
-from factory.warehouse import Warehouse, pid_alive
+from factory.warehouse import Warehouse
 
 
 def shown_status(runs: pl.DataFrame) -> pl.DataFrame:

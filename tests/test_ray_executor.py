@@ -98,6 +98,8 @@ def test_dedup_on_ray_drops_what_the_local_path_drops(cluster: str):
     assert local.drops.height >= 400
     assert local.drops.sort("id").equals(on_ray.drops.sort("id"))
     assert local.clusters.sort("record_id").equals(on_ray.clusters.sort("record_id"))
+    unrelated = ["A poem about the sea.", "How do vaccines work?", "Sort a list in Python."]  # no bucket shared
+    assert near_dedup(frame(unrelated), params, map_reduce=spread).drops.is_empty()
     keys = executor.map_reduce(pl.DataFrame({"k": np.arange(100) % 3}), lambda f: f, None)
     assert sorted(keys["k"].to_list()) == sorted((np.arange(100) % 3).tolist())
 

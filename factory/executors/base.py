@@ -48,7 +48,6 @@ class Executor(Protocol):
         """
         ...
 
-
     def map_reduce(self, frame: pl.DataFrame, map_fn: Callable[[pl.DataFrame], pl.DataFrame],
                    reduce_fn: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: str | None = None,
                    chunk_rows: int = 50_000) -> pl.DataFrame:

@@ -103,7 +103,8 @@ class RayExecutor:
         self._connect()
         import ray
 
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the runner shows one bar over shards
+        context = ray.data.DataContext.get_current()  # the runner shows one bar over shards
+        context.enable_progress_bars = context.print_on_execution_start = False
         cfg = self.config
         ds = ray.data.from_items([{"spec": s.to_json()} for s in specs], override_num_blocks=len(specs))
         pool = ray.data.ActorPoolStrategy(size=cfg.concurrency, max_tasks_in_flight_per_actor=1)
@@ -128,15 +129,18 @@ class RayExecutor:
         self._connect()
         import ray
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = context.print_on_execution_start = False
         blocks = [chunk.to_arrow(compat_level=pl.CompatLevel.oldest()) for chunk in frame.iter_slices(chunk_rows)]
         ds = ray.data.from_arrow(blocks).map_batches(
             partial(_on_polars, fn=map_fn), batch_format="pyarrow", batch_size=None, num_cpus=self.config.num_cpus)
         if reduce_fn is not None:
             ds = ds.groupby(by).map_groups(partial(_on_polars, fn=reduce_fn), batch_format="pyarrow",
                                            num_cpus=self.config.num_cpus)
-        tables = [pl.from_arrow(ray.get(ref)) for ref in ds.to_arrow_refs()]
-        return pl.concat([t for t in tables if t.height] or tables[:1], how="vertical_relaxed")
+        tables = [t for t in (pl.from_arrow(ray.get(ref)) for ref in ds.to_arrow_refs()) if t.height]
+        if not tables:  # nothing came back (no blocks at all when no group had a row): the empty result's columns
+            return map_reduce_here(frame.head(0), map_fn, reduce_fn, by, chunk_rows)
+        return pl.concat(tables, how="vertical_relaxed")
 
 
 def _on_polars(batch: Any, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> Any:
