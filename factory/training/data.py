@@ -17,6 +17,7 @@ from typing import Any
 
 from factory import releases
 from factory.conversations import messages_of_row, preference_of_row
+from factory.release_card import SPLIT
 from factory.warehouse import Warehouse
 
 HUB_PREFIX = "hf://"
@@ -126,7 +127,7 @@ def load_rows(source: ReleaseSource, config: str, cache_dir: Path):
     import datasets
 
     try:
-        return datasets.load_dataset(str(source.path), config, split=releases.SPLIT, cache_dir=str(cache_dir))
+        return datasets.load_dataset(str(source.path), config, split=SPLIT, cache_dir=str(cache_dir))
     except Exception as exc:  # a card or shard `datasets` cannot read
         raise TrainingError(f"datasets cannot load {source.ref} ({config}): {type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
