@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,25 @@ from factory.context import StageContext, console
 from factory.executors import load_executor
 from factory.executors.base import ExecutorConfig
 from factory.executors.local import LocalExecutorConfig
-from factory.map_stage import MapJob, ShardResult, make_context, plan_shards, registered_maps
+from factory.map_stage import (
+    PRELUDE_KEY,
+    MapJob,
+    ShardResult,
+    make_context,
+    plan_shards,
+    registered_maps,
+    write_shard,
+)
 from factory.shards import commit_sharded_stage, forget_stale, input_files, pending, register_shard
 from factory.warehouse import StageStats, now
 
 _USAGE = ("calls", "cached_calls", "prompt_tokens", "completion_tokens")
 
 
-def is_map_stage(kind: str) -> bool:
-    return kind in registered_maps()
+def is_map_stage(stage_cfg: Any) -> bool:
+    """Whether the runner cuts this stage into batches (a map stage, in a configuration that allows it)."""
+    entry = registered_maps().get(stage_cfg.kind)
+    return entry is not None and entry.fn.applies(stage_cfg)
 
 
 def run_map_stage(ctx: StageContext, stage_cfg: Any, backend_config: Any,
@@ -37,13 +48,24 @@ def run_map_stage(ctx: StageContext, stage_cfg: Any, backend_config: Any,
                  sources={t: [p for p, _ in files] for t, files in sources.items()}, cwd=os.getcwd(),
                  max_error_fraction=ctx.max_error_fraction)
     stage = registered_maps()[stage_cfg.kind].fn()
-    job.shared = stage.plan(make_context(job, ctx.backend_loader, ctx.cache), stage_cfg)
+    driver_ctx = make_context(job, ctx.backend_loader, ctx.cache)
+    job.shared = stage.plan(driver_ctx, stage_cfg)
     stage.shared = job.shared  # for summarize, on this instance
     specs = plan_shards(sources.get(stage.input_table, []), executor_config.batch_rows)
     keys = [s.key for s in specs]
-    forget_stale(wh, run_id, name, keys)
     finished = {k: v for k, v in pending(wh, run_id, name).items()  # a shard whose file went missing is redone
                 if all((wh.root / f["path"]).is_file() for f in v["files"])}
+    if PRELUDE_KEY in finished:
+        keys.append(PRELUDE_KEY)
+    else:
+        began_prelude, before = time.perf_counter(), asdict(driver_ctx.usage)
+        prelude = stage.prelude(driver_ctx, stage_cfg)
+        if prelude is not None:
+            res = write_shard(job, driver_ctx, PRELUDE_KEY, prelude, began_prelude, before, 0)
+            register_shard(wh, run_id, name, res.key, res.files, res.stats)
+            finished[PRELUDE_KEY] = {"files": res.files, "stats": res.stats}
+            keys.append(PRELUDE_KEY)
+    forget_stale(wh, run_id, name, keys)
     todo = [s for s in specs if s.key not in finished]
     if ctx.show_progress:
         console.print(f"[dim]{name}: {len(specs)} shard(s) of ≤{executor_config.batch_rows} rows, "

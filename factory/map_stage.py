@@ -161,9 +161,20 @@ class MapStage:
     #: the table whose kept records are cut into batches
     input_table: ClassVar[str]
 
+    @classmethod
+    def applies(cls, cfg: Any) -> bool:
+        """Whether this config can run batch by batch (else the stage's global ``run`` runs it)."""
+        return True
+
     def plan(self, ctx: MapContext, cfg: Any) -> dict[str, Any]:
         """Once per stage, on the driver: facts every batch needs (JSON-able), e.g. a seeded choice."""
         return {}
+
+    def prelude(self, ctx: MapContext, cfg: Any) -> StageOutput | None:
+        """Once per stage, on the driver, after ``plan``: records that belong to no batch (the judge's
+        calibration judgments). They are written as the stage's ``prelude`` shard, and made only once:
+        a resumed stage whose prelude shard is registered does not call this again."""
+        return None
 
     def setup(self, ctx: MapContext, cfg: Any, shared: dict[str, Any]) -> None:
         """Once per worker, before its first batch."""
@@ -201,6 +212,10 @@ def registered_maps() -> Mapping[str, Entry[MapStageFactory]]:
 
 
 # -- planning ------------------------------------------------------------------------------------------
+
+
+#: the shard key of a stage's prelude (batch keys are row ranges: "000000000000-000000010000")
+PRELUDE_KEY = "prelude"
 
 
 def plan_shards(files: Sequence[tuple[str, int]], batch_rows: int) -> list[ShardSpec]:
@@ -259,16 +274,22 @@ def run_shard(stage: MapStage, job: MapJob, ctx: MapContext, spec: ShardSpec) ->
     ctx.call_log.take()  # rows a failed earlier attempt left on this worker's context are not this shard's
     batch = stage.select(read_shard(ctx, stage.input_table, spec), ctx, job.stage_config)
     out = stage.process(batch, ctx, job.stage_config) if batch.height else StageOutput()
+    return write_shard(job, ctx, spec.key, out, began, before, errors_before)
+
+
+def write_shard(job: MapJob, ctx: MapContext, key: str, out: StageOutput, began: float, before: dict[str, Any],
+                errors_before: int) -> ShardResult:
+    """Write a shard's tables (its records, rejects and model calls) and count what it did since ``before``."""
     ctx.errors.check(final=True)  # a shard whose calls failed beyond the backend's limit stops the stage
     rejects = out.rejects if isinstance(out.rejects, pl.DataFrame) else frame("reject", out.rejects)
-    tables = {**out.tables, "rejects": rejects, CALLS_TABLE: ctx.call_log.take(spec.key)}  # its model calls
+    tables = {**out.tables, "rejects": rejects, CALLS_TABLE: ctx.call_log.take(key)}  # its model calls
     files = []
     for table, df in tables.items():
         if df.is_empty():
             continue  # an empty shard registers no file for the table (the pending row marks it done)
         if table in RECORD_TABLES:
             df = conform(RECORD_TABLES[table], df)
-        rel = shard_path(job, table, spec.key)
+        rel = shard_path(job, table, key)
         path = Path(job.root) / rel
         atomic_write_parquet(df, path)
         files.append({"table": table, "path": str(rel), "rows": df.height, "bytes": path.stat().st_size,
@@ -277,4 +298,4 @@ def run_shard(stage: MapStage, job: MapJob, ctx: MapContext, spec: ShardSpec) ->
     stats = {"records_in": out.records_in, "records_out": out.records_out, "records_rejected": rejects.height,
              "seconds": round(time.perf_counter() - began, 3), "metrics": out.metrics,
              "model_errors": ctx.errors.errors - errors_before, **usage}
-    return ShardResult(spec.key, files, stats)
+    return ShardResult(key, files, stats)

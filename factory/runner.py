@@ -100,7 +100,7 @@ class Runner:
                     backend_loader=self._load_backend if stage_cfg.uses_backend else None,
                     cache=cache, show_progress=self.show_progress, max_error_fraction=max_errors,
                     executor=executor)
-                if is_map_stage(stage_cfg.kind):  # batch by batch, one shard each, on the pipeline's executor
+                if is_map_stage(stage_cfg):  # batch by batch, one shard each, on the pipeline's executor
                     result.stages.append(run_map_stage(ctx, stage_cfg, cfg.backend, cfg.executor))
                     continue
                 started, began = now(), time.perf_counter()

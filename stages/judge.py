@@ -22,8 +22,10 @@ from __future__ import annotations
 import random
 import re
 import statistics
+from collections.abc import Mapping
 from functools import lru_cache
 from itertools import combinations
+from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
@@ -31,6 +33,7 @@ from pydantic import Field, model_validator
 
 from factory.backends.base import ChatRequest, GenParams
 from factory.context import StageContext
+from factory.map_stage import MapContext, MapStage, register_map
 from factory.records import content_id, derived_seed, frame, lineage, task_prompt
 from factory.stage import StageConfig, StageOutput, register
 from factory.structured import OutputConstraint
@@ -351,35 +354,32 @@ def run_pairwise(ctx: StageContext, cfg: JudgeConfig, samples: list[dict[str, An
     return judgments, pairs
 
 
-@register(JudgeConfig)
-def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
-    samples = ctx.inputs("samples").sort("sample_id")
-    if cfg.max_samples is not None:
-        samples = samples.head(cfg.max_samples)
-    rows = samples.to_dicts()
+def calibrate(ctx: StageContext, cfg: JudgeConfig) -> tuple[bool, dict[str, Any], list[dict[str, Any]]]:
+    """(trusted, calibration metrics, calibration judgment rows); trusted without calibration."""
+    if not cfg.calibrate:
+        return True, {"trusted": True}, []
+    accuracy, rows, failures = run_calibration(ctx, cfg)
+    passed = accuracy >= cfg.min_calibration_accuracy
+    trusted = passed or not cfg.fallback_to_heuristics
+    metrics = {"calibration_accuracy": round(accuracy, 4), "calibration_pairs": cfg.calibration_size,
+               "calibration_parse_failure_rate": round(failures / max(len(rows), 1), 4),
+               "calibration_passed": passed, "trusted": trusted}
+    if not passed:
+        action = ("the composite score falls back to heuristics only" if cfg.fallback_to_heuristics
+                  else "its scores are used anyway (fallback_to_heuristics is off)")
+        ctx.log(f"[bold red]WARNING: the judge ranks the good answer higher in only {accuracy:.0%} of "
+                f"{cfg.calibration_size} calibration pairs (< {cfg.min_calibration_accuracy:.0%}): it is near "
+                f"chance, so {action}[/]")
+    else:
+        ctx.log(f"judge calibration accuracy {accuracy:.0%} (>= {cfg.min_calibration_accuracy:.0%}): trusted")
+    return trusted, metrics, rows
+
+
+def judge_samples(ctx: StageContext, cfg: JudgeConfig, rows: list[dict[str, Any]], trusted: bool,
+                  calibration_accuracy: float | None
+                  ) -> tuple[list[dict[str, Any]], pl.DataFrame, dict[str, float | None]]:
+    """k additive-rubric judgments of each sample: (judgment rows, ``judge_scores`` rows, mean per sample)."""
     template_id, template = cfg.additive_template
-    metrics: dict[str, Any] = {"judge_template_id": template_id, "k": cfg.k, "structured": cfg.structured}
-    judgments: list[dict[str, Any]] = []
-
-    trusted = True
-    if cfg.calibrate:
-        accuracy, calib_rows, calib_failures = run_calibration(ctx, cfg)
-        judgments.extend(calib_rows)
-        passed = accuracy >= cfg.min_calibration_accuracy
-        trusted = passed or not cfg.fallback_to_heuristics
-        metrics.update({"calibration_accuracy": round(accuracy, 4), "calibration_pairs": cfg.calibration_size,
-                        "calibration_parse_failure_rate": round(calib_failures / max(len(calib_rows), 1), 4),
-                        "calibration_passed": passed})
-        if not passed:
-            action = ("the composite score falls back to heuristics only" if cfg.fallback_to_heuristics
-                      else "its scores are used anyway (fallback_to_heuristics is off)")
-            ctx.log(f"[bold red]WARNING: the judge ranks the good answer higher in only {accuracy:.0%} of "
-                    f"{cfg.calibration_size} calibration pairs (< {cfg.min_calibration_accuracy:.0%}): it is near "
-                    f"chance, so {action}[/]")
-        else:
-            ctx.log(f"judge calibration accuracy {accuracy:.0%} (>= {cfg.min_calibration_accuracy:.0%}): trusted")
-    metrics["trusted"] = trusted
-
     jobs = []
     for s in rows:
         prompt = template.format(question=task_prompt(s), answer=s["output"])
@@ -387,7 +387,8 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
             seed = derived_seed(ctx.seed, "judge", s["sample_id"], r)
             jobs.append((s, r, _request(prompt, cfg.params, seed, cfg.verdict)))
     outs = ctx.generate([j[2] for j in jobs], description="judging")
-    model = ctx.backend.model_id
+    model = ctx.backend.model_id if jobs else ""
+    judgments = []
     per_sample: dict[str, list[float]] = {s["sample_id"]: [] for s in rows}
     for (s, r, req), out in zip(jobs, outs, strict=True):
         score = cfg.score_of(out.text)
@@ -406,21 +407,41 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
         "judge_n": [len(per_sample[s["sample_id"]]) for s in rows],
         "judge_k": [cfg.k] * len(rows),
         "trusted": [trusted] * len(rows),
-        "calibration_accuracy": [metrics.get("calibration_accuracy")] * len(rows),
+        "calibration_accuracy": [calibration_accuracy] * len(rows),
         "judge_template_id": [template_id] * len(rows),
         "run_id": [ctx.run_id] * len(rows),
     }, schema_overrides={"judge_mean": pl.Float64, "judge_spread": pl.Float64, "calibration_accuracy": pl.Float64,
                          "sample_id": pl.String, "task_id": pl.String, "trusted": pl.Boolean,
-                         "judge_template_id": pl.String, "run_id": pl.String})
-    additive = [j for j in judgments if j["kind"] == "additive-5"]
-    failures = sum(1 for j in additive if not j["parsed_ok"])
-    metrics.update({"judged_samples": len(rows), "judgments": len(additive), "parse_failures": failures,
-                    "parse_failure_rate": round(failures / len(additive), 4) if additive else None})
-    judged = [m for m in means.values() if m is not None]
-    if judged:
-        metrics["judge_mean"] = round(statistics.fmean(judged), 4)
-        metrics["judge_spread_mean"] = round(float(judge_scores["judge_spread"].drop_nulls().mean() or 0.0), 4)
+                         "judge_template_id": pl.String, "run_id": pl.String, "judge_n": pl.Int64,
+                         "judge_k": pl.Int64})
+    return judgments, judge_scores, means
 
+
+def judging_metrics(cfg: JudgeConfig, calibration: dict[str, Any], judged: int, judgments: int, failures: int,
+                    judge_scores: pl.DataFrame) -> dict[str, Any]:
+    """The stage's metrics, the same whether it ran whole or batch by batch."""
+    metrics: dict[str, Any] = {"judge_template_id": cfg.additive_template[0], "k": cfg.k,
+                               "structured": cfg.structured, **calibration,
+                               "judged_samples": judged, "judgments": judgments, "parse_failures": failures,
+                               "parse_failure_rate": round(failures / judgments, 4) if judgments else None}
+    means = judge_scores["judge_mean"].drop_nulls()
+    if means.len():
+        metrics["judge_mean"] = round(statistics.fmean(means.to_list()), 4)
+        metrics["judge_spread_mean"] = round(float(judge_scores["judge_spread"].drop_nulls().mean() or 0.0), 4)
+    return metrics
+
+
+@register(JudgeConfig)
+def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
+    samples = ctx.inputs("samples").sort("sample_id")
+    if cfg.max_samples is not None:
+        samples = samples.head(cfg.max_samples)
+    rows = samples.to_dicts()
+    trusted, calibration, judgments = calibrate(ctx, cfg)
+    additive, judge_scores, means = judge_samples(ctx, cfg, rows, trusted, calibration.get("calibration_accuracy"))
+    judgments.extend(additive)
+    failures = sum(1 for j in additive if not j["parsed_ok"])
+    metrics = judging_metrics(cfg, calibration, len(rows), len(additive), failures, judge_scores)
     tables: dict[str, pl.DataFrame] = {"judge_scores": judge_scores}
     if cfg.pairwise:
         pw_judgments, pairs = run_pairwise(ctx, cfg, rows, means)
@@ -433,3 +454,42 @@ def run(ctx: StageContext, cfg: JudgeConfig) -> StageOutput:
     tables["judgments"] = frame("judgment", judgments)
     ctx.log(f"judged {len(rows)} samples x{cfg.k}; parse failures {failures}/{len(additive)}")
     return StageOutput(tables=tables, records_in=len(rows), metrics=metrics)
+
+
+@register_map(JudgeConfig)
+class JudgeMap(MapStage):
+    """Judge batch by batch. Calibration runs once, on the driver, and its judgments are the stage's
+    prelude; pairwise comparison (answers of one task side by side) and ``max_samples`` (the first N
+    of the whole table) need the whole table, so those configurations run the global ``run``."""
+
+    input_table = "samples"
+
+    @classmethod
+    def applies(cls, cfg: JudgeConfig) -> bool:
+        return not cfg.pairwise and cfg.max_samples is None
+
+    def plan(self, ctx: MapContext, cfg: JudgeConfig) -> dict[str, Any]:
+        trusted, self.calibration, self.calibration_rows = calibrate(ctx, cfg)  # cached calls on a resume
+        return {"trusted": trusted, "calibration": self.calibration}
+
+    def prelude(self, ctx: MapContext, cfg: JudgeConfig) -> StageOutput | None:
+        if not self.calibration_rows:
+            return None
+        return StageOutput(tables={"judgments": frame("judgment", self.calibration_rows)})
+
+    def process(self, batch: pl.DataFrame, ctx: MapContext, cfg: JudgeConfig) -> StageOutput:
+        rows = batch.sort("sample_id").to_dicts()
+        accuracy = self.shared["calibration"].get("calibration_accuracy")
+        judgments, judge_scores, _ = judge_samples(ctx, cfg, rows, self.shared["trusted"], accuracy)
+        failures = sum(1 for j in judgments if not j["parsed_ok"])
+        return StageOutput(tables={"judge_scores": judge_scores, "judgments": frame("judgment", judgments)},
+                           records_in=len(rows), metrics={"judgments": len(judgments), "parse_failures": failures})
+
+    def summarize(self, outputs: Mapping[str, list[Path]], shard_metrics: list[dict[str, Any]],
+                  cfg: JudgeConfig) -> dict[str, Any]:
+        paths = outputs.get("judge_scores", [])
+        scores = (pl.read_parquet(paths, columns=["judge_mean", "judge_spread"]) if paths
+                  else pl.DataFrame(schema={"judge_mean": pl.Float64, "judge_spread": pl.Float64}))
+        totals = super().summarize(outputs, shard_metrics, cfg)
+        return judging_metrics(cfg, self.shared["calibration"], scores.height, int(totals.get("judgments", 0)),
+                               int(totals.get("parse_failures", 0)), scores)

@@ -31,7 +31,8 @@ def pipeline(wh: Path, seeds: Path, backend: dict | None = None) -> dict:
             "executor": {"kind": "local", "batch_rows": 2},  # 3 tasks: two shards of self_label
             "stages": [{"kind": "seeds", "paths": [str(seeds)]},
                        {"kind": "self_label", "n": 2, "params": {"max_tokens": 32}},  # a map stage
-                       {"kind": "judge", "k": 1, "calibrate": False, "structured": False}]}  # a global one
+                       # max_samples needs the whole table (the first N samples): the judge's global path
+                       {"kind": "judge", "k": 1, "calibrate": False, "structured": False, "max_samples": 50}]}
 
 
 def calls(wh: Warehouse, run_id: str) -> pl.DataFrame:

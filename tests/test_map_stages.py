@@ -152,3 +152,63 @@ def test_the_executor_is_not_part_of_the_run(tmp_path: Path, seeds: Path):
 
     with pytest.raises(ConfigError, match="executor"):
         parse_pipeline({**pipeline(tmp_path / "wh", seeds, batch_rows=7), "executor": {"kind": "spark"}})
+
+
+VERDICT = '{"justification": "clear and correct", "score": 4}'
+
+
+def judged(root: Path, seeds: Path, **judge) -> dict:
+    return {"name": "judged", "warehouse": str(root), "backend": {"kind": "fake", "replies": [VERDICT]},
+            "executor": {"kind": "local", "batch_rows": 7},
+            "stages": [{"kind": "seeds", "paths": [str(seeds)]}, {"kind": "gold_samples"},
+                       {"kind": "judge", "k": 2, "calibration_size": 3, **judge}]}
+
+
+#: metrics that count shards or time, not what was judged
+RUN_METRICS = ("shards", "worker_seconds", "tokens_per_second")
+
+
+def judge_outcome(wh: Warehouse) -> dict:
+    scores = wh.read("judge_scores").sort("sample_id")
+    metrics = wh.query("SELECT metrics FROM stages WHERE stage = 'judge'")["metrics"][0]
+    import json
+
+    return {"judgments": sorted(wh.read("judgments")["judgment_id"].to_list()),
+            "scores": scores.select("sample_id", "judge_mean", "judge_n", "trusted", "calibration_accuracy").rows(),
+            "metrics": {k: v for k, v in json.loads(metrics).items() if k not in RUN_METRICS}}
+
+
+def test_judge_batch_by_batch_equals_the_whole_table_judge_and_resumes(tmp_path: Path, seeds: Path, monkeypatch):
+    """Calibration once on the driver (the prelude shard), the samples in shards: the judgments, scores and
+    metrics of the global path (which ``max_samples`` selects); a kill mid-stage keeps the prelude."""
+    import factory.executors.local as local
+
+    whole = run_pipeline(parse_pipeline(judged(tmp_path / "whole", seeds, max_samples=1_000)), show_progress=False)
+    want = judge_outcome(whole.warehouse)
+    assert len(want["judgments"]) == 3 * 2 + 40 * 2 and want["metrics"]["calibration_pairs"] == 3
+
+    real = local.run_shard
+    done: list[str] = []
+
+    def dies_on_the_third(stage, job, ctx, spec):
+        if job.stage_name == "judge":
+            if len(done) == 2:
+                raise KeyboardInterrupt("killed")
+            done.append(spec.key)
+        return real(stage, job, ctx, spec)
+
+    monkeypatch.setattr(local, "run_shard", dies_on_the_third)
+    cfg = parse_pipeline(judged(tmp_path / "mapped", seeds))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, show_progress=False)
+    wh = Warehouse(tmp_path / "mapped")
+    with wh.connect() as con:
+        shards = sorted(r[0] for r in con.execute("SELECT shard FROM pending_shards WHERE stage = 'judge'").fetchall())
+    assert shards == ["000000000000-000000000007", "000000000007-000000000014", "prelude"]
+    monkeypatch.setattr(local, "run_shard", real)
+    run_pipeline(cfg, show_progress=False)
+    assert judge_outcome(wh) == want
+    files = wh.query("SELECT shard FROM files WHERE stage = 'judge' AND table_name = 'judgments' ORDER BY shard")
+    assert files["shard"].to_list()[-1] == "prelude" and files.height == 40 // 7 + 1 + 1
+    calls = wh.query("SELECT shard, count(*) n FROM calls WHERE stage = 'judge' GROUP BY ALL ORDER BY shard")
+    assert dict(calls.rows())["prelude"] == 6  # the 3 calibration pairs' two answers, asked once
