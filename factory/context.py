@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from factory.backends.base import Backend, ChatRequest, Completion
-from factory.cache import CallCache
+from factory.cache import CallStore
 from factory.call_errors import DEFAULT_MAX_ERROR_FRACTION, ErrorTally
 from factory.call_log import CallLog
 from factory.warehouse import Warehouse
@@ -42,7 +42,7 @@ class StageContext:
     warehouse: Warehouse
     earlier_stages: list[str]
     backend_loader: Callable[[], Backend] | None = None
-    cache: CallCache | None = None
+    cache: CallStore | None = None  # factory/cache.py: SQLite, or the warehouse calls table on clusters
     show_progress: bool = True
     usage: Usage = field(default_factory=Usage)
     #: backend.max_error_fraction: the share of failed calls that stops the stage (factory/call_errors.py)
