@@ -25,7 +25,7 @@ from factory.dedup import REASONS, DedupResult, DedupSettings, check_drop_fracti
 from factory.dedup.distributed import MapReduce
 from factory.dedup.exact import Normalization, text_hash
 from factory.dedup.minhash import MinHashParams, text_signatures
-from factory.dedup.semantic import Embedder, load_embedder
+from factory.dedup.semantic import shared_embedder
 from factory.records import reject
 from factory.stage import StageConfig, StageOutput, register
 from factory.warehouse import ID_COLUMNS, RECORD_KIND_OF_TABLE, Warehouse
@@ -95,16 +95,6 @@ class DedupConfig(StageConfig):
 
     def thresholds(self) -> str:
         return f"near_threshold={self.near_threshold}, semantic_threshold={self.semantic_threshold}"
-
-
-_EMBEDDERS: dict[str, Embedder] = {}
-
-
-def embedder(name: str) -> Embedder:
-    """One loaded embedder per process (loading MiniLM takes seconds)."""
-    if name not in _EMBEDDERS:
-        _EMBEDDERS[name] = load_embedder(name)
-    return _EMBEDDERS[name]
 
 
 def records_frame(df: pl.DataFrame, table: str, cfg: DedupConfig, fixed: bool) -> pl.DataFrame:
@@ -186,7 +176,7 @@ def find_duplicates(wh: Warehouse, current: pl.DataFrame, history: pl.DataFrame,
         """Normalised embeddings of a frame's texts by ``name``, each text embedded once ever."""
 
         def vectors_for(rows: pl.DataFrame) -> np.ndarray:
-            emb = embedder(name) if rows.height else None
+            emb = shared_embedder(name) if rows.height else None
             hashes = text_hash(rows["text"])
             stored = wh.read(EMBEDDINGS_TABLE)
             known: dict[str, np.ndarray] = {}

@@ -248,9 +248,9 @@ def test_star_groups_prefer_the_record_its_copies_resemble():
 
 @pytest.fixture(scope="module")
 def minilm():
-    from stages.dedup import embedder
+    from factory.dedup.semantic import shared_embedder
 
-    return embedder("minilm")
+    return shared_embedder("minilm")
 
 
 def test_blocked_search_equals_brute_force():

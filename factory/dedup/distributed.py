@@ -80,16 +80,11 @@ def candidates(sigs: np.ndarray, params: MinHashParams, query: np.ndarray | None
                                pairs["right"].to_numpy().astype(np.int64), query)
 
 
-_EMBEDDERS: dict[str, object] = {}
-
-
 def embedding_rows(frame: pl.DataFrame, model: str) -> pl.DataFrame:
     """Map: ``pos, text`` → ``pos, vector`` with the named embedder (loaded once per worker process)."""
-    from factory.dedup.semantic import load_embedder
+    from factory.dedup.semantic import shared_embedder
 
-    if model not in _EMBEDDERS:
-        _EMBEDDERS[model] = load_embedder(model)
-    vectors = _EMBEDDERS[model].encode(frame["text"].to_list())  # type: ignore[attr-defined]
+    vectors = shared_embedder(model).encode(frame["text"].to_list())
     return pl.DataFrame({"pos": frame["pos"], "vector": np.asarray(vectors, dtype=np.float32)},
                         schema_overrides={"pos": pl.Int64})
 

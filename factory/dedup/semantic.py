@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -98,6 +99,13 @@ def load_embedder(name: str, **kwargs) -> Embedder:
     if name not in EMBEDDERS:
         raise ValueError(f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDERS)}")
     return EMBEDDERS[name](**kwargs)
+
+
+@cache
+def shared_embedder(name: str) -> Embedder:
+    """One loaded embedder per process and name (loading MiniLM takes seconds): the dedup stage's, and
+    each worker's in a distributed dedup."""
+    return load_embedder(name)
 
 
 @dataclass
