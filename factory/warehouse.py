@@ -323,15 +323,9 @@ class Warehouse:
         is in ``ignore_reasons`` do not count. Tables without record ids are returned as they are.
         """
         df = self.read(table, run_id, stages)
-        id_col = ID_COLUMNS.get(table)
-        if id_col is None or df.is_empty():
+        if table not in ID_COLUMNS or df.is_empty():
             return df
-        rejects = self.read("rejects", run_id, stages)
-        dropped = rejects.filter((pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])
-                                 & pl.col("record_id").is_not_null()
-                                 & ~pl.col("reason").is_in(list(ignore_reasons)))
-        return df.join(dropped.select("run_id", pl.col("record_id").alias(id_col)), on=["run_id", id_col],
-                       how="anti")
+        return without_rejected(df, table, self.read("rejects", run_id, stages), ignore_reasons)
 
     def table_names(self) -> list[str]:
         if not self.catalog_path.exists():
@@ -381,6 +375,19 @@ def select_files(table: str, paths: list[str]) -> str:
         return empty_select(table)
     quoted = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
     return f"SELECT * FROM read_parquet([{quoted}], union_by_name = true)"
+
+
+def without_rejected(df: pl.DataFrame, table: str, rejects: pl.DataFrame,
+                     ignore_reasons: Iterable[str] = ()) -> pl.DataFrame:
+    """``df`` (rows of a record table) less the records that a reject of their own run names."""
+    id_col = ID_COLUMNS.get(table)
+    if id_col is None or df.is_empty() or rejects.is_empty():
+        return df
+    dropped = rejects.filter((pl.col("record_kind") == RECORD_KIND_OF_TABLE[table])
+                             & pl.col("record_id").is_not_null()
+                             & ~pl.col("reason").is_in(list(ignore_reasons)))
+    return df.join(dropped.select("run_id", pl.col("record_id").alias(id_col)), on=["run_id", id_col],
+                   how="anti") if dropped.height else df
 
 
 def kept_sql(table: str, id_col: str) -> str:
