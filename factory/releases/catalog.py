@@ -67,8 +67,8 @@ def _manifests_not_in(wh: Warehouse, known: set[tuple[str, str]]) -> list[tuple[
 
 def sync_catalog(wh: Warehouse) -> None:
     """Register release folders the catalog does not know (a crash between move and register)."""
-    if not release_names(wh):
-        return
+    if not any(versions(wh, n) for n in release_names(wh)):
+        return  # nothing published: no catalog write
     with wh.connect() as con:
         con.execute(_RELEASES_DDL)
         known = set(con.execute("SELECT name, version FROM releases").fetchall())
