@@ -49,13 +49,12 @@ class Diagnosis:
 
 def _release_damage(wh: Warehouse, name: str, version: str, folder: Path) -> list[Damage]:
     """Every file of one release that differs from its manifest (or the manifest itself)."""
-    from factory.releases import ReleaseError, load_manifest, validate_manifest
+    from factory.releases import ReleaseError, load_manifest
 
     ref = f"{name}@{version}"
     rel = str(folder.relative_to(wh.root))
     try:
         manifest = load_manifest(folder)
-        validate_manifest(manifest)
     except ReleaseError as exc:
         return [Damage(f"{rel}/manifest.json", str(exc).split(": ", 1)[-1], release=ref)]
     out = []

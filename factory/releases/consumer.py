@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from factory.releases.manifest import Release, load_manifest, validate_manifest
+from factory.releases.manifest import Release, load_manifest
 from factory.releases.naming import parse_ref, releases_root, versions
 from factory.releases.spec import ReleaseError
 from factory.warehouse import Warehouse
@@ -30,9 +30,7 @@ def open(ref: str, warehouse: str | os.PathLike[str] | Warehouse | None = None, 
     elif version not in found:
         raise ReleaseError(f"no release {name}@{version} in {releases_root(wh)}; versions: {', '.join(found)}")
     folder = releases_root(wh) / name / version
-    manifest = load_manifest(folder)
-    validate_manifest(manifest)
-    release = Release(name, version, folder, manifest)
+    release = Release(name, version, folder, load_manifest(folder))
     if verify:
         release.verify()
     return release

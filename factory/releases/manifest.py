@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def content_hash(entries: Sequence[FileEntry]) -> str:
 
 
 def load_manifest(folder: Path) -> dict[str, Any]:
-    """The release's manifest, or a ReleaseError naming the file (a corrupted one is not a traceback)."""
+    """The release's manifest, checked against schemas/release_manifest, or a ReleaseError naming the file
+    (a corrupted or invalid one is one line, not a traceback)."""
     path = folder / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -53,12 +55,21 @@ def load_manifest(folder: Path) -> dict[str, Any]:
                            f"{exc.colno}); run `factory doctor`") from None
     if not isinstance(manifest, dict):
         raise ReleaseError(f"{path}: corrupted, expected a JSON object; run `factory doctor`")
+    try:
+        validate_manifest(manifest)
+    except ReleaseError as exc:
+        raise ReleaseError(f"{path}: {exc}; run `factory doctor`") from None
     return manifest
 
 
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schemas.load("release_manifest"))
+
+
 def validate_manifest(manifest: dict[str, Any]) -> None:
-    errors = sorted(jsonschema.Draft202012Validator(schemas.load("release_manifest")).iter_errors(manifest),
-                    key=lambda e: list(e.path))
+    """Raise ReleaseError naming the first field that breaks schemas/release_manifest."""
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         raise ReleaseError(f"manifest is invalid at {'.'.join(map(str, e.path)) or '(top)'}: {e.message}")

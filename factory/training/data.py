@@ -59,8 +59,7 @@ def _open_folder(folder: Path, origin: str) -> ReleaseSource:
     if not (folder / "manifest.json").exists():
         raise TrainingError(f"{folder} is not a release folder (no manifest.json)")
     try:
-        manifest = releases.load_manifest(folder)  # a corrupted one is one line naming the file
-        releases.validate_manifest(manifest)
+        manifest = releases.load_manifest(folder)  # a corrupted or invalid one is one line naming the file
         release = releases.Release(manifest["name"], manifest["version"], folder, manifest)
         release.verify()
     except releases.ReleaseError as exc:

@@ -238,6 +238,28 @@ def test_a_corrupted_manifest_is_one_line_naming_the_file(tmp_path: Path):
     assert manifest.read_text() == corrupted
 
 
+def test_a_manifest_that_breaks_its_schema_is_refused_everywhere_naming_the_file(tmp_path: Path):
+    """Valid JSON without ``files``: every reader (open, training, doctor) refuses it the same way, since
+    ``load_manifest`` validates; none trusts a manifest that cannot list the checksums it promises."""
+    from factory.training.data import TrainingError, resolve_release
+
+    wh, _, _ = finished_run(tmp_path)
+    manifest = wh.root / "releases" / "store" / "1.0.0" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["files"]
+    manifest.write_text(json.dumps(data))
+    message = f"{manifest}: manifest is invalid at (top): 'files' is a required property; run `factory doctor`"
+    with pytest.raises(releases.ReleaseError) as caught:
+        releases.open("store@1.0.0", wh)
+    assert str(caught.value) == message
+    with pytest.raises(TrainingError) as caught:
+        resolve_release(str(manifest.parent), wh)
+    assert str(caught.value) == message
+    res = factory("doctor", "-w", wh.root)
+    assert res.exit_code == 1 and ("damaged: releases/store/1.0.0/manifest.json (release store@1.0.0): manifest is "
+                                   "invalid at (top): 'files' is a required property") in res.stdout
+
+
 # -- 2. two runs of one run id -----------------------------------------------------------------------------
 
 
